@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from twostage.data import Catalog
+from twostage.models import ImpressionSimulator, Nominator, Ranker
+
+
+def random_catalog(n_users: int = 7, n_items: int = 11, seed: int = 0) -> Catalog:
+    g = torch.Generator().manual_seed(seed)
+    user_features = torch.stack(
+        [
+            torch.arange(1, n_users + 1),
+            torch.randint(0, 2, (n_users,), generator=g),
+            torch.randint(0, 3, (n_users,), generator=g),
+            torch.randint(0, 4, (n_users,), generator=g),
+            torch.randint(0, 5, (n_users,), generator=g),
+        ],
+        dim=1,
+    )
+    item_features = torch.stack(
+        [torch.arange(1, n_items + 1), torch.randint(0, 6, (n_items,), generator=g)], dim=1
+    )
+    genres = torch.rand(n_items, 18, generator=g)
+    genres = genres / genres.sum(1, keepdim=True)
+    return Catalog(user_features, item_features, genres, 2, 3, 4, 5, 6)
+
+
+@pytest.fixture
+def catalog() -> Catalog:
+    return random_catalog()
+
+
+def test_sizes_come_from_the_catalog(catalog: Catalog):
+    model = Nominator(catalog)
+    assert model.user_rep.user_embedding.num_embeddings == catalog.n_users + 1
+    assert model.item_rep.item_embedding.num_embeddings == catalog.n_items + 1
+    assert model.item_rep.year_embedding.num_embeddings == catalog.n_years
+    assert model.item_rep.genre_linear.in_features == catalog.n_genres
+    assert [e.num_embeddings for e in model.user_rep.feature_embeddings] == [2, 3, 4, 5]
+    assert model.user_rep.dim == 30 and model.item_rep.dim == 20
+
+
+def test_padding_row_is_zero_and_unused(catalog: Catalog):
+    model = Ranker(catalog)
+    assert model.item_rep.item_embedding.padding_idx == 0
+    assert torch.all(model.item_rep.item_embedding.weight[0] == 0)
+    assert torch.all(model.user_rep.user_embedding.weight[0] == 0)
+    assert model.item_features[:, 0].min().item() == 1
+
+
+def test_state_dict_holds_weights_not_the_catalog(catalog: Catalog):
+    keys = Nominator(catalog).state_dict().keys()
+    assert not any("features" in k or "genres" in k.split(".")[-1] for k in keys)
+
+
+@pytest.mark.parametrize("model_class", [ImpressionSimulator, Nominator, Ranker])
+def test_pairwise_and_all_item_scores_agree(model_class, catalog: Catalog):
+    torch.manual_seed(0)
+    model = model_class(catalog)
+    users = torch.tensor([0, 3, 6, 3])
+    times = torch.tensor([0.1, 0.5, 0.9, 0.2])
+    extra = () if model_class is Nominator else (times,)
+    all_scores = model.score_all(users, *extra)
+    assert all_scores.shape == (4, catalog.n_items)
+    items = torch.arange(catalog.n_items)
+    for row, user in enumerate(users):
+        pair_extra = () if model_class is Nominator else (times[row].repeat(catalog.n_items),)
+        pairwise = model(user.repeat(catalog.n_items), items, *pair_extra)
+        torch.testing.assert_close(pairwise, all_scores[row], atol=1e-5, rtol=1e-5)
+
+
+def test_simulator_accepts_one_timestamp_per_pair(catalog: Catalog):
+    model = ImpressionSimulator(catalog)
+    users = torch.tensor([1, 2])
+    times = torch.rand(2, catalog.n_items)
+    scores = model.score_all(users, times)
+    items = torch.arange(catalog.n_items)
+    torch.testing.assert_close(model(users[1].repeat(catalog.n_items), items, times[1]), scores[1],
+                               atol=1e-5, rtol=1e-5)  # fmt: skip
+
+
+@pytest.mark.parametrize("model_class", [ImpressionSimulator, Nominator, Ranker])
+def test_gradients_reach_every_representation(model_class, catalog: Catalog):
+    model = model_class(catalog)
+    users = torch.arange(catalog.n_users)
+    items = torch.arange(catalog.n_users) % catalog.n_items
+    extra = () if model_class is Nominator else (torch.rand(catalog.n_users),)
+    model(users, items, *extra).sum().backward()
+    assert model.user_rep.user_embedding.weight.grad[1:].abs().sum() > 0
+    assert model.item_rep.item_embedding.weight.grad.abs().sum() > 0
+    assert model.item_rep.genre_linear.weight.grad.abs().sum() > 0
+    assert model.user_rep.user_embedding.weight.grad[0].abs().sum() == 0  # padding row
+
+
+def test_models_move_with_their_catalog(catalog: Catalog):
+    model = Nominator(catalog).to(torch.float64)
+    assert model.item_genres.dtype == torch.float64
+    assert model.score_all(torch.tensor([0])).dtype == torch.float64

@@ -1,0 +1,165 @@
+"""The `twostage` command line: `data`, `reproduce`, `summarize`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from twostage.errors import TwoStageError
+
+EXIT_USER_ERROR = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="twostage",
+        description="Off-policy learning in two-stage recommender systems (Ma et al., WWW 2020).",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("--version", action="version", version=_version())
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = commands.add_parser("data", help="load a dataset and print its summary, or fetch one")
+    data.add_argument("words", nargs="+", metavar="[fetch] DATASET",
+                      help="ml-1m, ml-100k, synthetic, synthetic-small or a directory; "
+                           "`fetch ml-1m|ml-100k` only downloads")  # fmt: skip
+    data.add_argument("--no-download", action="store_true", help="never download")
+
+    run = commands.add_parser("reproduce", help="run the paper's whole experiment")
+    run.add_argument("--dataset", help="ml-1m (default of the paper profile), ml-100k, synthetic, "
+                                       "synthetic-small or a directory in either MovieLens layout")  # fmt: skip
+    run.add_argument("--profile", choices=["paper", "smoke"],
+                     default=os.environ.get("TWOSTAGE_PROFILE", "paper"),
+                     help="paper: the full protocol (default, or $TWOSTAGE_PROFILE); smoke: small and fast")  # fmt: skip
+    run.add_argument("--seeds", help="a count (20), a range (0-4) or a list (1,3,7)")
+    run.add_argument("--methods", help="comma-separated subset of ce,ips,2s")
+    run.add_argument("--alpha", type=float, help="2-IPS weight of the other-items term (1e-3)")
+    run.add_argument("--cut", type=float, help="probability cut that labels the world")
+    run.add_argument("--positive-share", type=float, help="label the top share of pairs instead")
+    run.add_argument("--epochs", type=int, help="candidate-generator epochs (20)")
+    run.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    run.add_argument("--out", help="output directory (default runs/DATASET-PROFILE)")
+    run.add_argument("--cache-dir", help="stage cache (default $TWOSTAGE_CACHE or the user cache)")
+
+    summarize = commands.add_parser("summarize", help="rebuild the table and figures of a run")
+    summarize.add_argument("out", help="an output directory of `twostage reproduce`")
+    return parser
+
+
+def _version() -> str:
+    import twostage
+
+    return f"twostage {twostage.__version__}"
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from twostage.data import ARCHIVES, fetch_movielens, load_movielens
+
+    words = args.words
+    if words[0] == "fetch":
+        if len(words) != 2 or words[1] not in ARCHIVES:
+            raise TwoStageError(f"usage: twostage data fetch {'|'.join(ARCHIVES)}")
+        print(fetch_movielens(words[1]))
+        return 0
+    if len(words) != 1:
+        raise TwoStageError("usage: twostage data DATASET  or  twostage data fetch NAME")
+    print(load_movielens(words[0], download=not args.no_download).summary())
+    return 0
+
+
+def experiment_config(args: argparse.Namespace):
+    """The ExperimentConfig of the `reproduce` flags, validated before any work starts."""
+    from twostage.pipeline.config import (
+        parse_methods,
+        parse_seeds,
+        profile_config,
+        validate,
+        with_overrides,
+    )
+    from twostage.pipeline.training import resolve_device
+
+    config = profile_config(args.profile)
+    overrides: dict = {"device": args.device}
+    if args.dataset:
+        overrides["dataset"] = args.dataset
+    if args.seeds:
+        overrides["seeds"] = parse_seeds(args.seeds)
+    if args.methods:
+        overrides["methods"] = parse_methods(args.methods)
+    candidates = {}
+    if args.alpha is not None:
+        candidates["alpha"] = args.alpha
+    if args.epochs is not None:
+        candidates["epochs"] = args.epochs
+    if candidates:
+        overrides["candidates"] = candidates
+    world = {}
+    if args.cut is not None:
+        world["cut"] = args.cut
+    if args.positive_share is not None:
+        world["positive_share"] = args.positive_share
+    if world:
+        overrides["world"] = world
+    config = with_overrides(config, overrides)
+    validate(config)
+    resolve_device(config.device)
+    _check_dataset(config.dataset)
+    return config
+
+
+def _check_dataset(dataset: str) -> None:
+    from twostage.data import NAMED_SOURCES, detect_layout
+    from twostage.errors import ConfigError
+
+    if dataset in NAMED_SOURCES:
+        return
+    path = Path(dataset).expanduser()
+    if not path.is_dir():
+        raise ConfigError(
+            f"Unknown dataset {dataset!r}: expected one of {', '.join(NAMED_SOURCES)} "
+            "or the path of a directory holding MovieLens files (ML-1M or ML-100K layout)."
+        )
+    detect_layout(path)
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from twostage.pipeline.experiment import reproduce
+
+    config = experiment_config(args)
+    name = Path(config.dataset).name if Path(config.dataset).is_dir() else config.dataset
+    out = Path(args.out) if args.out else Path("runs") / f"{name}-{config.profile}"
+    reproduce(config, out, cache_dir=args.cache_dir)
+    print(f"\nOutputs in {out}/: results.csv, summary.md, summary.csv, run.json, figures/")
+    return 0
+
+
+def cmd_summarize(args: argparse.Namespace) -> int:
+    from twostage import report
+
+    out = Path(args.out)
+    report.write_summary(out)
+    report.write_figures(out)
+    print(report.format_summary(out))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"data": cmd_data, "reproduce": cmd_reproduce, "summarize": cmd_summarize}
+    try:
+        return handlers[args.command](args)
+    except TwoStageError as err:
+        if args.debug:
+            raise
+        print(f"twostage: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("\ntwostage: interrupted; finished runs are kept and a rerun resumes.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

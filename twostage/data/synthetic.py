@@ -1,0 +1,466 @@
+"""An offline, seeded MovieLens-shaped world written in the GroupLens ML-1M file layout.
+
+`write_synthetic_movielens` writes `users.dat`, `movies.dat`, `ratings.dat` and a
+`SYNTHETIC.json` marker. Users get ML-1M-like demographics, movies get years and 1-3 of the 18
+ML-1M genres, item popularity is Zipf-like, and ratings come from a latent-factor model with
+user/item biases and genre x demographic effects, cut into five levels with ML-1M's histogram
+(about 57% of ratings are above 3). It stands in for ML-1M where the real files are not at hand.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from twostage.errors import ConfigError
+
+GENERATOR_VERSION = 1
+MARKER_NAME = "SYNTHETIC.json"
+DATA_FILES = ("users.dat", "movies.dat", "ratings.dat")
+
+GENRES: tuple[str, ...] = (
+    "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
+    "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War",
+    "Western",
+)  # fmt: skip
+AGE_CODES = np.array([1, 18, 25, 35, 45, 50, 56])
+MIN_RATINGS_PER_USER = 20
+FIRST_YEAR, LAST_YEAR = 1919, 2000
+# ML-1M's first and last rating: 2000-04-25 23:05:32 and 2003-02-28 17:49:50 UTC.
+EPOCH_START, EPOCH_END = 956_703_932, 1_046_454_590
+
+
+def _shares(values: list[float]) -> np.ndarray:
+    """`values` rescaled to sum to one (the measured shares are rounded)."""
+    array = np.asarray(values, dtype=float)
+    return array / array.sum()
+
+
+# Shares measured on ML-1M's users.dat, movies.dat and ratings.dat.
+_MALE_SHARE = 0.717
+_AGE_SHARES = _shares([0.037, 0.183, 0.347, 0.198, 0.091, 0.082, 0.063])
+_OCCUPATION_SHARES = _shares(
+    [0.118, 0.087, 0.044, 0.029, 0.126, 0.019, 0.039, 0.112, 0.003, 0.015, 0.032, 0.021, 0.064,
+     0.024, 0.050, 0.024, 0.040, 0.083, 0.012, 0.012, 0.047]
+)  # fmt: skip
+_GENRE_SHARES = _shares(
+    [0.078, 0.044, 0.016, 0.039, 0.187, 0.033, 0.020, 0.250, 0.011, 0.007, 0.054, 0.018, 0.017,
+     0.074, 0.043, 0.077, 0.022, 0.011]
+)  # fmt: skip
+_N_GENRE_SHARES = _shares([0.52, 0.34, 0.14])  # 1, 2, 3 genres (ML-1M's 4+ folded into 3)
+# Movies per release year in ML-1M, at a few anchor years (interpolated in between).
+_YEAR_PROFILE = np.array(
+    [[1919, 1930, 1940, 1950, 1960, 1970, 1980, 1985, 1990, 1992, 1993, 1994, 1995, 1998, 1999, 2000],
+     [3, 6, 12, 13, 18, 22, 40, 65, 75, 100, 165, 257, 342, 337, 283, 156]]
+)  # fmt: skip
+_RATING_SHARES = _shares([0.056, 0.108, 0.261, 0.349, 0.226])  # ratings 1..5
+
+# Genre effects on the rating score: a base taste, and how women and older users differ from it.
+_GENRE_BASE = np.array(
+    [-0.10, 0.0, 0.15, -0.25, -0.10, 0.10, 0.35, 0.25, -0.15, 0.45, -0.40, 0.05, 0.10, 0.0, -0.05,
+     0.0, 0.30, 0.15]
+)  # fmt: skip
+_GENRE_FEMALE = np.array(
+    [-0.35, -0.15, 0.10, 0.20, 0.10, -0.10, 0.05, 0.20, 0.10, -0.05, -0.20, 0.35, 0.05, 0.40,
+     -0.30, -0.05, -0.35, -0.25]
+)  # fmt: skip
+_GENRE_OLDER = np.array(
+    [-0.20, -0.10, -0.30, -0.20, -0.10, 0.05, 0.15, 0.25, -0.20, 0.30, -0.45, 0.20, 0.15, 0.10,
+     -0.25, 0.0, 0.35, 0.30]
+)  # fmt: skip
+
+_POP_OFFSET, _POP_EXPONENT = 0.03, 1.3  # Zipf-like, ML-1M-like top-10% share
+
+
+@dataclass(frozen=True)
+class SyntheticShape:
+    """How big a synthetic world is: users, items and ratings in all."""
+
+    n_users: int
+    n_items: int
+    n_ratings: int
+
+
+SYNTHETIC_SHAPES: dict[str, SyntheticShape] = {
+    "ml-1m": SyntheticShape(n_users=6040, n_items=3883, n_ratings=1_000_209),
+    "small": SyntheticShape(n_users=300, n_items=200, n_ratings=12_000),
+}
+
+
+@dataclass(frozen=True)
+class SyntheticTables:
+    """A generated world as tables with ML-1M's column names, in file order.
+
+    users: UserID, Gender, Age, Occupation, Zip-code; movies: MovieID, Title, Genres;
+    ratings: UserID, MovieID, Rating, Timestamp (grouped by increasing UserID).
+    """
+
+    users: pd.DataFrame
+    movies: pd.DataFrame
+    ratings: pd.DataFrame
+
+
+def resolve_shape(shape: str | SyntheticShape) -> SyntheticShape:
+    """The shape named `shape` (a key of `SYNTHETIC_SHAPES`), checked for feasibility."""
+    if isinstance(shape, str):
+        if shape not in SYNTHETIC_SHAPES:
+            names = ", ".join(sorted(SYNTHETIC_SHAPES))
+            raise ConfigError(f"unknown synthetic shape {shape!r}; choose one of: {names}")
+        shape = SYNTHETIC_SHAPES[shape]
+    if not isinstance(shape, SyntheticShape):
+        raise ConfigError(f"shape must be a name or a SyntheticShape, not {type(shape).__name__}")
+    n_users, n_items, n_ratings = shape.n_users, shape.n_items, shape.n_ratings
+    if n_users < 1 or n_items < MIN_RATINGS_PER_USER:
+        raise ConfigError(
+            f"a synthetic world needs at least 1 user and {MIN_RATINGS_PER_USER} items, "
+            f"got {n_users} users and {n_items} items"
+        )
+    if n_ratings < max(MIN_RATINGS_PER_USER * n_users, n_items):
+        raise ConfigError(
+            f"{n_ratings} ratings are too few: every user needs {MIN_RATINGS_PER_USER} and every "
+            f"item one, so at least {max(MIN_RATINGS_PER_USER * n_users, n_items)}"
+        )
+    if n_ratings > _activity_cap(shape) * n_users:
+        raise ConfigError(
+            f"{n_ratings} ratings are too many for {n_users} users x {n_items} items "
+            f"(at most {_activity_cap(shape) * n_users})"
+        )
+    return shape
+
+
+def _activity_cap(shape: SyntheticShape) -> int:
+    """The most ratings one user may have (ML-1M's busiest user rated ~60% of the items)."""
+    return min(shape.n_items, max(int(0.6 * shape.n_items), MIN_RATINGS_PER_USER))
+
+
+# --------------------------------------------------------------------------- users and movies
+
+
+def _zip_codes(rng: np.random.Generator, n_users: int) -> np.ndarray:
+    """(n_users,) 5-digit zip strings from a long-tailed pool (ML-1M: 3,439 zips, 6,040 users)."""
+    pool = rng.choice(np.arange(1000, 100_000), size=n_users, replace=False)
+    weights = 1.0 / (np.arange(1, n_users + 1) + 3.0) ** 0.5
+    picks = rng.choice(n_users, size=n_users, p=weights / weights.sum())
+    return np.char.zfill(pool[picks].astype(str), 5)
+
+
+def _users(rng: np.random.Generator, n_users: int) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "UserID": np.arange(1, n_users + 1),
+            "Gender": np.where(rng.random(n_users) < _MALE_SHARE, "M", "F"),
+            "Age": AGE_CODES[rng.choice(len(AGE_CODES), size=n_users, p=_AGE_SHARES)],
+            "Occupation": rng.choice(21, size=n_users, p=_OCCUPATION_SHARES),
+            "Zip-code": _zip_codes(rng, n_users),
+        }
+    )
+
+
+def _years(rng: np.random.Generator, n_items: int) -> np.ndarray:
+    """(n_items,) release years in 1919..2000 (no 1924, as ML-1M), skewed recent.
+
+    With room (ML-1M size), every one of the 81 years occurs at least once.
+    """
+    years = np.arange(FIRST_YEAR, LAST_YEAR + 1)
+    years = years[years != 1924]
+    weights = np.interp(years, *_YEAR_PROFILE)
+    drawn = rng.choice(years, size=n_items, p=weights / weights.sum())
+    if n_items >= 20 * len(years):
+        drawn[: len(years)] = years
+    return rng.permutation(drawn)
+
+
+def _genre_matrix(rng: np.random.Generator, n_items: int) -> np.ndarray:
+    """(n_items, 18) 0/1 genres, 1-3 per movie, drawn without replacement by ML-1M's shares."""
+    n_genres = 1 + rng.choice(3, size=n_items, p=_N_GENRE_SHARES)
+    keys = np.log(_GENRE_SHARES)[None, :] + rng.gumbel(size=(n_items, len(GENRES)))
+    covered = min(n_items, len(GENRES))  # make every genre occur, then shuffle the movies
+    keys[np.arange(covered), np.arange(covered)] = np.inf
+    rank = np.argsort(np.argsort(-keys, axis=1), axis=1)
+    return rng.permutation((rank < n_genres[:, None]).astype(np.int8))
+
+
+def _movies(movie_ids: np.ndarray, years: np.ndarray, genres: np.ndarray) -> pd.DataFrame:
+    genre_strings = np.full(len(movie_ids), "", dtype=object)
+    for g, name in enumerate(GENRES):
+        has = genres[:, g].astype(bool)
+        genre_strings[has] = genre_strings[has] + np.where(genre_strings[has] == "", "", "|") + name
+    titles = "Synthetic Movie " + movie_ids.astype(str) + " (" + years.astype(str) + ")"
+    return pd.DataFrame({"MovieID": movie_ids, "Title": titles, "Genres": genre_strings})
+
+
+# --------------------------------------------------------------------------- who rates what
+
+
+def _activity(rng: np.random.Generator, shape: SyntheticShape) -> np.ndarray:
+    """(n_users,) ratings per user: 20 + a lognormal share of the rest, capped, summing exactly."""
+    cap = _activity_cap(shape) - MIN_RATINGS_PER_USER
+    extra_total = shape.n_ratings - MIN_RATINGS_PER_USER * shape.n_users
+    want = rng.lognormal(0.0, 1.15, size=shape.n_users)
+    extra = extra_total * want / want.sum()
+    for _ in range(50):  # move what the busiest users cannot take onto the others
+        over = np.clip(extra - cap, 0.0, None).sum()
+        extra = np.minimum(extra, cap)
+        if over <= 1e-9:
+            break
+        room = extra < cap
+        extra[room] += over * want[room] / want[room].sum()
+    counts = np.floor(extra).astype(np.int64)
+    short = extra_total - counts.sum()
+    order = np.argsort(-(extra - counts) - (counts < cap), kind="stable")
+    counts[order[:short]] += 1
+    return counts + MIN_RATINGS_PER_USER
+
+
+def _choose_items(
+    rng: np.random.Generator, log_pop: np.ndarray, taste: np.ndarray, item_vecs: np.ndarray,
+    counts: np.ndarray, chunk: int = 512,
+) -> np.ndarray:  # fmt: skip
+    """(n_ratings,) 0-based items, user by user: `counts[u]` distinct items per user.
+
+    Gumbel top-k without replacement, with log-odds `log_pop + taste @ item_vecs.T` so users
+    pick popular items and items they like. taste: (n_users, d); item_vecs: (n_items, d).
+    """
+    picked = []
+    for start in range(0, len(counts), chunk):
+        stop = min(start + chunk, len(counts))
+        keys = log_pop[None, :] + taste[start:stop] @ item_vecs.T
+        keys += rng.gumbel(size=keys.shape)
+        order = np.argsort(-keys, axis=1)
+        picked.append(order[np.arange(order.shape[1])[None, :] < counts[start:stop, None]])
+    return np.concatenate(picked)
+
+
+def _cover_every_item(rng: np.random.Generator, items: np.ndarray, n_items: int) -> np.ndarray:
+    """Give each never-rated item a rating taken from an item rated at least twice."""
+    items = items.copy()
+    while True:
+        seen = np.bincount(items, minlength=n_items)
+        missing = rng.permutation(np.flatnonzero(seen == 0))
+        if len(missing) == 0:
+            return items
+        # One row per donor item each round, so no donor drops to zero ratings.
+        rows = rng.permutation(np.flatnonzero(seen[items] >= 2))
+        _, first = np.unique(items[rows], return_index=True)
+        rows = rows[first][: len(missing)]
+        items[rows] = missing[: len(rows)]
+
+
+# --------------------------------------------------------------------------- when
+
+
+def _timestamps(rng: np.random.Generator, user_rows: np.ndarray, n_users: int) -> np.ndarray:
+    """(n_ratings,) unix seconds: each user active for a while, rating in 1-5 bursts."""
+    span = EPOCH_END - EPOCH_START
+    start = EPOCH_START + span * rng.beta(0.6, 4.0, size=n_users)
+    duration = np.exp(rng.normal(math.log(3 * 86_400), 2.0, size=n_users))
+    duration = np.clip(duration, 600.0, np.maximum(EPOCH_END - 86_400 - start, 600.0))
+    n_bursts = 1 + np.minimum(rng.poisson(1.2, size=n_users), 4)
+    burst_start = start[:, None] + duration[:, None] * rng.random((n_users, 5))
+    burst_start[:, 0] = start
+    burst = np.floor(rng.random(len(user_rows)) * n_bursts[user_rows]).astype(np.int64)
+    gaps = rng.exponential(25.0, size=len(user_rows))
+    # Seconds since the burst began: a running sum of gaps within each (user, burst).
+    group = user_rows * 5 + burst
+    order = np.argsort(group, kind="stable")
+    running = np.cumsum(gaps[order])
+    first = np.r_[True, group[order][1:] != group[order][:-1]]
+    group_base = np.maximum.accumulate(np.where(first, running - gaps[order], 0.0))
+    offset = np.empty_like(gaps)
+    offset[order] = running - group_base
+    stamps = burst_start[user_rows, burst] + offset
+    return np.clip(np.round(stamps), EPOCH_START, EPOCH_END).astype(np.int64)
+
+
+# --------------------------------------------------------------------------- the world
+
+
+def generate_synthetic_tables(
+    shape: str | SyntheticShape = "ml-1m", *, seed: int = 0
+) -> SyntheticTables:
+    """Draw a synthetic MovieLens world in memory; the same seed gives the same tables."""
+    shape = resolve_shape(shape)
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+    rng = np.random.default_rng(int(seed))
+    n_users, n_items = shape.n_users, shape.n_items
+
+    users = _users(rng, n_users)
+    years = _years(rng, n_items)
+    genres = _genre_matrix(rng, n_items)
+    movie_ids = np.arange(1, n_items + 1)
+
+    # User features, as numbers: female 0/1, age position -1..1, occupation.
+    female = (users["Gender"].to_numpy() == "F").astype(float)
+    older = (np.searchsorted(AGE_CODES, users["Age"].to_numpy()) - 3) / 3.0
+    occupation = users["Occupation"].to_numpy()
+    genre_mix = genres / genres.sum(axis=1, keepdims=True)  # (n_items, 18), rows sum to 1
+    era = np.clip((1990 - years) / 20.0, -0.5, 2.0)  # older films > 0
+
+    # Genre taste: (n_users, 18) = base + female/older shifts + occupation + personal noise.
+    occupation_taste = rng.normal(0.0, 0.2, size=(21, len(GENRES)))
+    genre_taste = (
+        _GENRE_BASE[None, :]
+        + female[:, None] * _GENRE_FEMALE[None, :]
+        + older[:, None] * _GENRE_OLDER[None, :]
+        + occupation_taste[occupation]
+        + rng.normal(0.0, 0.25, size=(n_users, len(GENRES)))
+    )
+    n_factors = 8
+    user_factors = rng.normal(0.0, 0.4, size=(n_users, n_factors))
+    item_factors = rng.normal(0.0, 0.4, size=(n_items, n_factors))
+    # A user's taste for an item: latent match + genre taste + old users liking old films.
+    taste = np.hstack([user_factors, genre_taste, older[:, None]])
+    item_vecs = np.hstack([item_factors, genre_mix, 0.4 * era[:, None]])
+
+    popularity = 1.0 / (np.arange(1, n_items + 1) + _POP_OFFSET * n_items) ** _POP_EXPONENT
+    popularity = rng.permutation(popularity)
+    log_pop = np.log(popularity)
+
+    counts = _activity(rng, shape)
+    user_rows = np.repeat(np.arange(n_users), counts)
+    items = _choose_items(rng, log_pop, taste, item_vecs, counts)
+    items = _cover_every_item(rng, items, n_items)
+    # File order: grouped by user, in no particular order within a user (as ML-1M).
+    within = np.lexsort((rng.random(len(items)), user_rows))
+    items = items[within]
+
+    stamps = _timestamps(rng, user_rows, n_users)
+    time_frac = (stamps - EPOCH_START) / (EPOCH_END - EPOCH_START)
+
+    pop_z = (log_pop - log_pop.mean()) / log_pop.std()
+    user_bias = rng.normal(0.0, 0.35, size=n_users) + 0.15 * older + 0.05 * female
+    item_bias = rng.normal(0.0, 0.45, size=n_items) + 0.25 * pop_z + 0.15 * era
+    score = (
+        user_bias[user_rows]
+        + item_bias[items]
+        + np.sum(taste[user_rows] * item_vecs[items], axis=1)
+        - 0.3 * time_frac
+        + rng.normal(0.0, 0.8, size=len(items))
+    )
+    cuts = np.quantile(score, np.cumsum(_RATING_SHARES)[:-1])
+    rating = 1 + np.searchsorted(cuts, score, side="right")
+
+    ratings = pd.DataFrame(
+        {
+            "UserID": user_rows + 1,
+            "MovieID": movie_ids[items],
+            "Rating": rating,
+            "Timestamp": stamps,
+        }
+    )
+    return SyntheticTables(users, _movies(movie_ids, years, genres), ratings)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _dat_bytes(table: pd.DataFrame) -> bytes:
+    """ML-1M's `a::b::c` lines, `\\n` ends, no header, latin-1."""
+    buffer = io.StringIO()
+    table.to_csv(buffer, sep="\t", header=False, index=False, lineterminator="\n",
+                 quoting=csv.QUOTE_NONE)  # fmt: skip
+    return buffer.getvalue().replace("\t", "::").encode("latin-1")
+
+
+def _marker(shape_name: str, shape: SyntheticShape, seed: int) -> dict[str, object]:
+    return {
+        "synthetic": True,
+        "generator": "twostage.data.synthetic",
+        "version": GENERATOR_VERSION,
+        "seed": int(seed),
+        "shape": shape_name,
+        **asdict(shape),
+    }
+
+
+def read_synthetic_marker(directory: str | os.PathLike[str]) -> dict[str, object] | None:
+    """The `SYNTHETIC.json` marker of a world in `directory`, or None when it has none."""
+    path = Path(directory) / MARKER_NAME
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _is_complete(directory: Path, marker: dict[str, object]) -> bool:
+    found = read_synthetic_marker(directory)
+    if found is None or {k: found.get(k) for k in marker} != marker:
+        return False
+    sizes = found.get("bytes", {})
+    return isinstance(sizes, dict) and all(
+        (directory / name).is_file() and (directory / name).stat().st_size == sizes.get(name)
+        for name in DATA_FILES
+    )
+
+
+def write_synthetic_movielens(
+    directory: str | os.PathLike[str], *, shape: str | SyntheticShape = "ml-1m", seed: int = 0
+) -> Path:
+    """Write a synthetic world in ML-1M's layout into `directory` and return its path.
+
+    Writes into a temporary sibling folder and renames it into place, so a killed run leaves no
+    half-written world. A complete world with the same marker is left as it is; one from another
+    seed or shape is replaced; a non-empty folder without a marker is refused (ConfigError).
+    """
+    directory = Path(directory)
+    shape_name = shape if isinstance(shape, str) else "custom"
+    resolved = resolve_shape(shape)
+    marker = _marker(shape_name, resolved, seed)
+    if _is_complete(directory, marker):
+        return directory
+    old_marker = read_synthetic_marker(directory)
+    if directory.is_dir() and any(directory.iterdir()) and old_marker is None:
+        raise ConfigError(
+            f"{directory} is not empty and holds no {MARKER_NAME}; "
+            "refusing to write a synthetic world over files it did not write"
+        )
+
+    tables = generate_synthetic_tables(resolved, seed=seed)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-", dir=directory.parent))
+    try:
+        blobs = dict(
+            zip(
+                DATA_FILES,
+                map(_dat_bytes, (tables.users, tables.movies, tables.ratings)),
+                strict=True,
+            )
+        )
+        for name, blob in blobs.items():
+            (staging / name).write_bytes(blob)
+        full_marker = {**marker, "bytes": {name: len(blob) for name, blob in blobs.items()}}
+        text = json.dumps(full_marker, indent=2, sort_keys=True) + "\n"
+        (staging / MARKER_NAME).write_text(text, encoding="utf-8")
+        _move_into_place(staging, directory, marker)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return directory
+
+
+def _move_into_place(staging: Path, directory: Path, marker: dict[str, object]) -> None:
+    """Rename `staging` to `directory`, putting aside an older synthetic world first."""
+    if directory.exists():
+        if _is_complete(directory, marker):  # another process got there first
+            return
+        if any(directory.iterdir()):
+            retired = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
+            os.replace(directory, retired / "world")
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            directory.rmdir()
+    try:
+        os.replace(staging, directory)
+    except OSError:
+        if not _is_complete(directory, marker):
+            raise

@@ -1,0 +1,207 @@
+"""One-stage and two-stage evaluation of a candidate generator against the simulator's truth.
+
+Pure tensor code: the pipeline precomputes the simulator's labels and the ranker's scores for
+every (user, item) pair at the user's mean timestamp; the evaluator only ranks.
+
+- One-stage: the candidate generator's own ranking of all items, the user's logged positives
+  left out. Its reward is the share of users whose top item is a true positive.
+- Two-stage: the generator's top-k items (logged positives left out) re-ordered by the ranker.
+  Its reward is the share of users whose ranker-chosen item is a true positive.
+
+A user's relevant set is every true positive, including logged positives that are kept out of
+the ranking, so they count in Recall's denominator as in the authors' code. Logged positives are
+never ranked: a user with fewer than L unlogged items gets a ranking shorter than L (Precision
+then divides by its length, see `twostage.metrics`), and a user whose every item is logged is
+shown nothing, which counts as reward 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from twostage.errors import ConfigError, NumericsError
+from twostage.metrics import (
+    DEFAULT_NDCG_KS,
+    DEFAULT_PRECISION_KS,
+    DEFAULT_RECALL_KS,
+    mean_over_users,
+    per_user_ranking_metrics,
+)
+
+# Users per block when ranking, so the masked copy of the scores stays small.
+CHUNK_USERS = 1024
+
+
+def _check_finite(name: str, scores: Tensor) -> None:
+    if not torch.isfinite(scores).all():
+        raise NumericsError(f"{name} must be finite; found NaN or ±inf")
+
+
+class Evaluator:
+    """Ranks candidate generators' scores and judges them with the simulator's truth.
+
+    truth: (n_users, n_items) bool — the simulator's label at the user's mean timestamp.
+    logged_users, logged_items: (n_logged,) long — logged positive pairs (0-based), never ranked.
+    ranker_scores: (n_users, n_items) float — the ranker's score at the user's mean timestamp.
+    k: the candidate-set size of the two-stage evaluation (the paper's 30).
+    precision_ks, recall_ks, ndcg_ks, mean_ap: which metrics the ``*_metrics`` methods report.
+
+    Inputs are never modified; the evaluator keeps references to ``truth`` and ``ranker_scores``.
+    """
+
+    def __init__(
+        self,
+        truth: Tensor,
+        logged_users: Tensor,
+        logged_items: Tensor,
+        ranker_scores: Tensor,
+        k: int = 30,
+        *,
+        precision_ks: Sequence[int] = DEFAULT_PRECISION_KS,
+        recall_ks: Sequence[int] = DEFAULT_RECALL_KS,
+        ndcg_ks: Sequence[int] = DEFAULT_NDCG_KS,
+        mean_ap: bool = False,
+    ) -> None:
+        if truth.dim() != 2 or truth.dtype != torch.bool:
+            raise ConfigError(f"truth must be a 2-D bool tensor, got {truth.dtype} {truth.shape}")
+        n_users, n_items = truth.shape
+        if ranker_scores.shape != truth.shape or not ranker_scores.is_floating_point():
+            raise ConfigError(
+                f"ranker_scores must be float of shape {tuple(truth.shape)}, "
+                f"got {ranker_scores.dtype} {tuple(ranker_scores.shape)}"
+            )
+        _check_finite("ranker_scores", ranker_scores)
+        if logged_users.dim() != 1 or logged_users.shape != logged_items.shape:
+            raise ConfigError(
+                "logged_users and logged_items must be 1-D of the same length, got "
+                f"{tuple(logged_users.shape)} and {tuple(logged_items.shape)}"
+            )
+        if logged_users.numel() and not (
+            0 <= int(logged_users.min()) and int(logged_users.max()) < n_users
+        ):
+            raise ConfigError(f"logged_users must lie in [0, {n_users})")
+        if logged_items.numel() and not (
+            0 <= int(logged_items.min()) and int(logged_items.max()) < n_items
+        ):
+            raise ConfigError(f"logged_items must lie in [0, {n_items})")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError(f"k must be a positive integer, got {k!r}")
+        for ks in (precision_ks, recall_ks, ndcg_ks):
+            for value in ks:
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise ConfigError(f"metric cut-offs must be positive integers, got {value!r}")
+
+        self.truth = truth
+        self.ranker_scores = ranker_scores
+        self.k = k
+        self.precision_ks = tuple(precision_ks)
+        self.recall_ks = tuple(recall_ks)
+        self.ndcg_ks = tuple(ndcg_ks)
+        self.mean_ap = mean_ap
+        self.n_users, self.n_items = n_users, n_items
+        excluded = torch.zeros(n_users, n_items, dtype=torch.bool, device=truth.device)
+        excluded[logged_users.long(), logged_items.long()] = True
+        self.excluded = excluded  # (n_users, n_items) bool
+        self.n_available = n_items - excluded.sum(1)  # (n_users,) unlogged items per user
+        self.n_relevant = truth.sum(1)  # (n_users,), logged true positives included
+
+    # -- ranking --------------------------------------------------------------------------
+
+    def _check_scores(self, scores: Tensor, users: Tensor | None) -> Tensor:
+        """Validates scores: (m, n_items) and returns users: (m,) long (all users if None)."""
+        if users is None:
+            users = torch.arange(self.n_users, device=self.truth.device)
+        elif users.dim() != 1 or users.numel() == 0:
+            raise ConfigError(f"users must be a non-empty 1-D tensor, got {tuple(users.shape)}")
+        elif not (0 <= int(users.min()) and int(users.max()) < self.n_users):
+            raise ConfigError(f"users must lie in [0, {self.n_users})")
+        if scores.shape != (users.numel(), self.n_items) or not scores.is_floating_point():
+            raise ConfigError(
+                f"scores must be float of shape ({users.numel()}, {self.n_items}), "
+                f"got {scores.dtype} {tuple(scores.shape)}"
+            )
+        _check_finite("scores", scores)
+        return users.long()
+
+    def _top_unlogged(self, scores: Tensor, users: Tensor, width: int) -> Tensor:
+        """The `width` best-scored items of each user, logged positives last: (m, width) long.
+
+        Positions at or past ``n_available[users]`` hold logged items and are not real picks.
+        """
+        width = min(width, self.n_items)
+        blocks = []
+        for start in range(0, users.numel(), CHUNK_USERS):
+            rows = users[start : start + CHUNK_USERS]
+            block = scores[start : start + CHUNK_USERS].masked_fill(self.excluded[rows], -torch.inf)
+            blocks.append(block.topk(width, dim=1).indices)
+        return torch.cat(blocks)
+
+    def _candidates(self, scores: Tensor, users: Tensor) -> tuple[Tensor, Tensor]:
+        """Top-k candidates re-ordered by the ranker: (m, k) long, and their count (m,) long."""
+        candidates = self._top_unlogged(scores, users, self.k)
+        n_candidates = self.n_available[users].clamp(max=candidates.shape[1])
+        ranker = self.ranker_scores[users[:, None], candidates]
+        real = torch.arange(candidates.shape[1], device=users.device) < n_candidates[:, None]
+        order = ranker.masked_fill(~real, -torch.inf).argsort(dim=1, descending=True, stable=True)
+        return candidates.gather(1, order), n_candidates
+
+    def _reward(self, shown: Tensor, users: Tensor) -> float:
+        """Share of users whose shown item (m,) is a true positive; users shown nothing score 0."""
+        good = self.truth[users, shown] & (self.n_available[users] > 0)
+        return float(good.to(torch.float64).mean())
+
+    # -- rewards ----------------------------------------------------------------------------
+
+    def one_stage_reward(self, scores: Tensor) -> float:
+        """Share of users whose top unlogged item is a true positive. scores: (n_users, n_items)."""
+        users = self._check_scores(scores, None)
+        return self._reward(self._top_unlogged(scores, users, 1)[:, 0], users)
+
+    def two_stage_reward(self, scores: Tensor) -> float:
+        """Share of users for whom the ranker's pick among the top-k candidates is a true positive.
+
+        scores: (n_users, n_items) from the candidate generator.
+        """
+        users = self._check_scores(scores, None)
+        ranked, _ = self._candidates(scores, users)
+        return self._reward(ranked[:, 0], users)
+
+    # -- ranking metrics --------------------------------------------------------------------
+
+    def one_stage_metrics_per_user(self, scores: Tensor, users: Tensor) -> dict[str, Tensor]:
+        """Per-user metrics of the generator's own ranking; values (m,) float64, NaN for users
+        with no true positive. scores: (m, n_items) with rows aligned with users: (m,) long."""
+        users = self._check_scores(scores, users)
+        cut_offs = self.precision_ks + self.recall_ks + self.ndcg_ks
+        width = self.n_items if self.mean_ap else max(cut_offs, default=1)
+        ranking = self._top_unlogged(scores, users, width)
+        return self._per_user(ranking, users, self.n_available[users])
+
+    def two_stage_metrics_per_user(self, scores: Tensor, users: Tensor) -> dict[str, Tensor]:
+        """Per-user metrics of the top-k candidates re-ordered by the ranker; as above."""
+        users = self._check_scores(scores, users)
+        ranking, n_candidates = self._candidates(scores, users)
+        return self._per_user(ranking, users, n_candidates)
+
+    def one_stage_metrics(self, scores: Tensor, users: Tensor) -> dict[str, float]:
+        """Mean one-stage metrics over `users` with at least one true positive."""
+        return mean_over_users(self.one_stage_metrics_per_user(scores, users))
+
+    def two_stage_metrics(self, scores: Tensor, users: Tensor) -> dict[str, float]:
+        """Mean two-stage metrics over `users` with at least one true positive."""
+        return mean_over_users(self.two_stage_metrics_per_user(scores, users))
+
+    def _per_user(self, ranking: Tensor, users: Tensor, lengths: Tensor) -> dict[str, Tensor]:
+        hits = self.truth[users[:, None], ranking]  # (m, L) bool
+        return per_user_ranking_metrics(
+            hits,
+            self.n_relevant[users],
+            lengths,
+            precision_ks=self.precision_ks,
+            recall_ks=self.recall_ks,
+            ndcg_ks=self.ndcg_ks,
+            mean_ap=self.mean_ap,
+        )

@@ -1,0 +1,252 @@
+"""Training objectives of the candidate generator: cross-entropy, 1-IPS and 2-IPS.
+
+Notation (Ma et al., WWW 2020): π = softmax(logits) is the candidate generator's policy over items,
+`a` the logged item, `p` its logging propensity, and q(a|S) the ranker's softmax over the distinct
+items of a candidate set (slate) S. Every function is batched over rows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from twostage.errors import ConfigError, NumericsError
+from twostage.sampling import sample_slates
+
+__all__ = ["cross_entropy_loss", "ips_loss", "ips_weights", "two_stage_ips_loss"]
+
+
+def _first_bad_row(bad: torch.Tensor) -> int:
+    """Index of the first True row of a (batch,) or (batch, …) bool tensor."""
+    return int(bad.reshape(bad.size(0), -1).any(dim=1).nonzero()[0, 0])
+
+
+def _check_logits(logits: torch.Tensor, name: str = "logits") -> None:
+    if logits.dim() != 2 or logits.size(1) == 0:
+        raise ConfigError(
+            f"{name} must have shape (batch, n_items) with n_items ≥ 1, got {tuple(logits.shape)}"
+        )
+    if not logits.is_floating_point():
+        raise ConfigError(f"{name} must be a floating-point tensor, got {logits.dtype}")
+    if not torch.isfinite(logits).all():
+        row = _first_bad_row(~torch.isfinite(logits))
+        raise NumericsError(f"{name} row {row} has a NaN or infinite entry")
+
+
+def _check_actions(actions: torch.Tensor, logits: torch.Tensor) -> None:
+    batch, n_items = logits.shape
+    if actions.shape != (batch,):
+        raise ConfigError(
+            f"actions must have shape ({batch},) to match logits {tuple(logits.shape)}, "
+            f"got {tuple(actions.shape)}"
+        )
+    if actions.is_floating_point() or actions.dtype == torch.bool:
+        raise ConfigError(f"actions must be integer item indices, got {actions.dtype}")
+    bad = (actions < 0) | (actions >= n_items)
+    if bad.any():
+        row = _first_bad_row(bad)
+        raise ConfigError(
+            f"actions row {row} is item {int(actions[row])}, outside [0, {n_items - 1}]"
+        )
+
+
+def _check_propensities(propensities: torch.Tensor, batch: int) -> None:
+    if propensities.shape != (batch,):
+        raise ConfigError(
+            f"propensities must have shape ({batch},), got {tuple(propensities.shape)}"
+        )
+    if not propensities.is_floating_point():
+        raise ConfigError(f"propensities must be floating point, got {propensities.dtype}")
+    # `~(p > 0)` is also True for NaN.
+    bad = ~(propensities > 0) | (propensities > 1)
+    if bad.any():
+        row = _first_bad_row(bad)
+        raise NumericsError(
+            f"propensities row {row} is {float(propensities[row])}; "
+            "a logging propensity must lie in (0, 1]"
+        )
+
+
+def _check_clip(cap: float, floor: float) -> None:
+    if not (0 < floor <= cap < math.inf):
+        raise ConfigError(f"need 0 < floor ≤ cap < inf, got floor={floor!r}, cap={cap!r}")
+
+
+def cross_entropy_loss(logits: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood of the logged items: −mean_i log π(a_i).
+
+    Args:
+        logits: (batch, n_items) candidate-generator scores.
+        actions: (batch,) long, the logged item of each row (0-based).
+
+    Returns:
+        () scalar loss.
+    """
+    _check_logits(logits)
+    _check_actions(actions, logits)
+    return -F.log_softmax(logits, dim=1).gather(1, actions.view(-1, 1)).mean()
+
+
+def ips_weights(
+    logits: torch.Tensor,
+    propensities: torch.Tensor,
+    actions: torch.Tensor,
+    *,
+    cap: float = 10.0,
+    floor: float = 0.01,
+    clip: bool = True,
+    normalise: bool | None = None,
+) -> torch.Tensor:
+    """Importance weights π(a_i) / p_i of the logged items, detached from the graph.
+
+    Args:
+        logits: (batch, n_items) candidate-generator scores.
+        propensities: (batch,) logging propensities p_i in (0, 1].
+        actions: (batch,) long logged items.
+        cap, floor: clipping range [floor, cap] applied when `clip` is True.
+        clip: clip the weights to [floor, cap]. `clip=False` gives the raw weights.
+        normalise: divide by the batch mean; defaults to `clip`, so the default gives the
+            weights the IPS losses use and `clip=False` gives the raw ratios.
+
+    Returns:
+        (batch,) weights.
+    """
+    _check_logits(logits)
+    _check_actions(actions, logits)
+    _check_propensities(propensities, logits.size(0))
+    _check_clip(cap, floor)
+    with torch.no_grad():
+        pi_a = F.softmax(logits.detach(), dim=1).gather(1, actions.view(-1, 1)).squeeze(1)
+        weights = pi_a / propensities.to(pi_a.dtype)
+        if clip:
+            weights = weights.clamp(min=floor, max=cap)
+        if clip if normalise is None else normalise:
+            weights = weights / weights.mean()
+    return weights
+
+
+def ips_loss(
+    logits: torch.Tensor,
+    actions: torch.Tensor,
+    propensities: torch.Tensor,
+    *,
+    cap: float = 10.0,
+    floor: float = 0.01,
+) -> torch.Tensor:
+    """One-stage IPS loss (1-IPS): −mean_i w_i log π(a_i).
+
+    w_i = clip(π(a_i) / p_i, floor, cap) divided by its batch mean, and carries no gradient.
+
+    Args:
+        logits: (batch, n_items) candidate-generator scores.
+        actions: (batch,) long logged items.
+        propensities: (batch,) logging propensities in (0, 1].
+
+    Returns:
+        () scalar loss.
+    """
+    weights = ips_weights(logits, propensities, actions, cap=cap, floor=floor)
+    log_pi_a = F.log_softmax(logits, dim=1).gather(1, actions.view(-1, 1)).squeeze(1)
+    return -(weights * log_pi_a).mean()
+
+
+def _check_slates(slates: torch.Tensor, batch: int, n_items: int) -> None:
+    if slates.dim() != 3 or slates.size(0) != batch or slates.size(1) < 1 or slates.size(2) < 1:
+        raise ConfigError(
+            f"slates must have shape ({batch}, n_slates ≥ 1, slate_size ≥ 1), "
+            f"got {tuple(slates.shape)}"
+        )
+    if slates.is_floating_point() or slates.dtype == torch.bool:
+        raise ConfigError(f"slates must be integer item indices, got {slates.dtype}")
+    bad = (slates < 0) | (slates >= n_items)
+    if bad.any():
+        raise ConfigError(
+            f"slates row {_first_bad_row(bad)} holds an item outside [0, {n_items - 1}]"
+        )
+
+
+def two_stage_ips_loss(
+    logits: torch.Tensor,
+    actions: torch.Tensor,
+    propensities: torch.Tensor,
+    ranker_logits: torch.Tensor,
+    *,
+    alpha: float = 1e-3,
+    n_slates: int = 100,
+    slate_size: int = 30,
+    temperature: float = math.e,
+    cap: float = 10.0,
+    floor: float = 0.01,
+    generator: torch.Generator | None = None,
+    slates: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Two-stage IPS loss (2-IPS), a Monte Carlo estimate over sampled candidate sets.
+
+    For each row, S_1 … S_K are `n_slates` sets of `slate_size` items drawn with replacement from
+    softmax(logits / temperature) (detached), each with the logged item a appended; only their
+    distinct items count. With q(a|S) the ranker's softmax over the distinct items of S at a:
+
+        loss = −mean_i[ w_i · mean_k q(a_i|S_k) · log π(a_i) ]
+               − α · mean_i[ w_i · mean_k q(a_i|S_k) · Σ_{j ∈ S_k, j ≠ a_i} log π(j) ]
+
+    w are the 1-IPS weights (see `ips_weights`); q and w carry no gradient, log π does.
+
+    Args:
+        logits: (batch, n_items) candidate-generator scores.
+        actions: (batch,) long logged items.
+        propensities: (batch,) logging propensities in (0, 1].
+        ranker_logits: (batch, n_items) the ranker's scores for the batch's users (detached here).
+        alpha: weight of the second (candidate-set) term.
+        n_slates, slate_size: Monte Carlo sets per row and items drawn per set.
+        temperature: softening of the sampling distribution (> 0).
+        generator: random source of the sampling.
+        slates: (batch, K, L) long pre-drawn slates, without the logged item; when given,
+            no sampling happens and K, L come from its shape (`n_slates`, `slate_size` unused).
+
+    Returns:
+        () scalar loss.
+    """
+    _check_logits(logits)
+    _check_logits(ranker_logits, "ranker_logits")
+    if ranker_logits.shape != logits.shape:
+        raise ConfigError(
+            f"ranker_logits {tuple(ranker_logits.shape)} must match logits {tuple(logits.shape)}"
+        )
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ConfigError(f"temperature must be finite and > 0, got {temperature!r}")
+    if not math.isfinite(alpha):
+        raise ConfigError(f"alpha must be finite, got {alpha!r}")
+    weights = ips_weights(logits, propensities, actions, cap=cap, floor=floor)
+    batch, n_items = logits.shape
+    if slates is None:
+        with torch.no_grad():
+            probs = F.softmax(logits.detach() / temperature, dim=1)
+        slates = sample_slates(probs, n_slates, slate_size, generator=generator)
+    else:
+        _check_slates(slates, batch, n_items)
+    n_sets, size = slates.shape[1], slates.shape[2]
+
+    # Append a to every set, then sort each set: the head of each run of equal items marks one
+    # distinct item, which is all the per-set sums below need.
+    logged = actions.view(batch, 1, 1).expand(batch, n_sets, 1).to(slates.dtype)
+    items, _ = torch.cat([slates, logged], dim=2).sort(dim=2)  # (batch, K, L + 1)
+    distinct = torch.ones_like(items, dtype=torch.bool)
+    distinct[..., 1:] = items[..., 1:] != items[..., :-1]
+    flat = items.view(batch, -1)
+
+    with torch.no_grad():
+        ranker = ranker_logits.detach().to(logits.dtype)
+        scores = ranker.gather(1, flat).view_as(items).masked_fill(~distinct, -math.inf)
+        log_q_a = ranker.gather(1, actions.view(-1, 1)) - scores.logsumexp(dim=2)  # (batch, K)
+        q_a = log_q_a.exp()
+
+    log_pi = F.log_softmax(logits, dim=1)
+    log_pi_a = log_pi.gather(1, actions.view(-1, 1)).squeeze(1)  # (batch,)
+    others = distinct & (items != actions.view(batch, 1, 1))
+    log_pi_others = (log_pi.gather(1, flat).view_as(items) * others).sum(dim=2)  # (batch, K)
+
+    first = weights * q_a.mean(dim=1) * log_pi_a
+    second = weights * (q_a * log_pi_others).mean(dim=1)
+    return -first.mean() - alpha * second.mean()

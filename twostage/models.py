@@ -1,0 +1,159 @@
+"""The paper's five modules: item and user representations, impression simulator, nominator, ranker.
+
+Every scoring model refers to users and items by their catalog row (0-based) and keeps the
+catalog's feature tables as non-persistent buffers, so `model.to(device)` moves them and
+`state_dict()` holds only learned weights. Each offers pairwise scores for a batch of
+(user, item) pairs and all-item scores for a batch of users, computed from the item
+representations once and a matrix product — never a per-user copy of the item table.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from twostage.data.movielens import Catalog
+
+
+class ItemRepresentation(nn.Module):
+    """Item id embedding (10) ⊕ year embedding (5) ⊕ linear map of the genre vector (5)."""
+
+    def __init__(self, catalog: Catalog, item_dim: int = 10, year_dim: int = 5, genre_dim: int = 5):
+        super().__init__()
+        self.item_embedding = nn.Embedding(catalog.n_items + 1, item_dim, padding_idx=0)
+        self.year_embedding = nn.Embedding(catalog.n_years, year_dim)
+        self.genre_linear = nn.Linear(catalog.n_genres, genre_dim)
+        self.dim = item_dim + year_dim + genre_dim
+
+    def forward(self, categorical: torch.Tensor, genres: torch.Tensor) -> torch.Tensor:
+        """categorical: (b, 2) long [dense id, year]; genres: (b, n_genres) → (b, dim)."""
+        return torch.cat(
+            [
+                self.item_embedding(categorical[:, 0]),
+                self.year_embedding(categorical[:, 1]),
+                self.genre_linear(genres),
+            ],
+            dim=1,
+        )
+
+
+class UserRepresentation(nn.Module):
+    """User id embedding (10) ⊕ gender, age, occupation and zip embeddings (5 each)."""
+
+    def __init__(self, catalog: Catalog, user_dim: int = 10, feature_dim: int = 5):
+        super().__init__()
+        self.user_embedding = nn.Embedding(catalog.n_users + 1, user_dim, padding_idx=0)
+        self.feature_embeddings = nn.ModuleList(
+            nn.Embedding(n, feature_dim)
+            for n in (catalog.n_genders, catalog.n_ages, catalog.n_occupations, catalog.n_zips)
+        )
+        self.dim = user_dim + 4 * feature_dim
+
+    def forward(self, categorical: torch.Tensor) -> torch.Tensor:
+        """categorical: (b, 5) long [dense id, gender, age, occupation, zip] → (b, dim)."""
+        parts = [self.user_embedding(categorical[:, 0])]
+        parts += [emb(categorical[:, i + 1]) for i, emb in enumerate(self.feature_embeddings)]
+        return torch.cat(parts, dim=1)
+
+
+class _CatalogModel(nn.Module):
+    """Holds the catalog's feature tables and the two representation layers."""
+
+    def __init__(self, catalog: Catalog):
+        super().__init__()
+        self.user_rep = UserRepresentation(catalog)
+        self.item_rep = ItemRepresentation(catalog)
+        self.register_buffer("user_features", catalog.user_features.clone(), persistent=False)
+        self.register_buffer("item_features", catalog.item_features.clone(), persistent=False)
+        self.register_buffer("item_genres", catalog.item_genres.clone(), persistent=False)
+
+    @property
+    def n_items(self) -> int:
+        return int(self.item_features.shape[0])
+
+    def users(self, users: torch.Tensor) -> torch.Tensor:
+        """users: (b,) long rows → (b, user_dim)."""
+        return self.user_rep(self.user_features[users])
+
+    def items(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        """items: (b,) long rows, or None for the whole catalogue → (b or n_items, item_dim)."""
+        if items is None:
+            return self.item_rep(self.item_features, self.item_genres)
+        return self.item_rep(self.item_features[items], self.item_genres[items])
+
+
+class ImpressionSimulator(_CatalogModel):
+    """MLP 100-50-1 on [user rep, item rep, timestamp] predicting the logit of a positive label."""
+
+    def __init__(self, catalog: Catalog, hidden: tuple[int, int] = (100, 50)):
+        super().__init__(catalog)
+        input_dim = self.user_rep.dim + self.item_rep.dim + 1
+        self.first = nn.Linear(input_dim, hidden[0])
+        self.rest = nn.Sequential(nn.ReLU(), nn.Linear(hidden[0], hidden[1]), nn.ReLU(),
+                                  nn.Linear(hidden[1], 1))  # fmt: skip
+
+    def forward(
+        self, users: torch.Tensor, items: torch.Tensor, timestamps: torch.Tensor
+    ) -> torch.Tensor:
+        """users, items: (b,) long; timestamps: (b,) float → logits (b,)."""
+        inputs = torch.cat([self.users(users), self.items(items), timestamps[:, None]], dim=1)
+        return self.rest(self.first(inputs)).squeeze(-1)
+
+    def score_all(self, users: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
+        """users: (b,) long; timestamps: (b, n_items) or (b,) float → logits (b, n_items).
+
+        The first layer is split into user, item and timestamp parts so the item part is
+        computed once: W·[u; i; t] = W_u·u + W_i·i + w_t·t.
+        """
+        user_dim, item_dim = self.user_rep.dim, self.item_rep.dim
+        weight = self.first.weight
+        user_part = self.users(users) @ weight[:, :user_dim].T + self.first.bias  # (b, h)
+        item_part = self.items() @ weight[:, user_dim : user_dim + item_dim].T  # (n, h)
+        time_weight = weight[:, -1]  # (h,)
+        if timestamps.dim() == 1:
+            timestamps = timestamps[:, None].expand(-1, self.n_items)
+        hidden = user_part[:, None, :] + item_part[None, :, :] + timestamps[..., None] * time_weight
+        return self.rest(hidden).squeeze(-1)
+
+
+class Nominator(_CatalogModel):
+    """Two-tower candidate generator: Linear(ReLU(user rep)) · item rep."""
+
+    def __init__(self, catalog: Catalog):
+        super().__init__(catalog)
+        self.user_linear = nn.Linear(self.user_rep.dim, self.item_rep.dim)
+
+    def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
+        """users: (b,) long → (b, item_dim), the user tower's output."""
+        return self.user_linear(F.relu(self.users(users)))
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """users, items: (b,) long → logits (b,)."""
+        return (self.user_vectors(users) * self.items(items)).sum(-1)
+
+    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+        """users: (b,) long → logits (b, n_items)."""
+        return self.user_vectors(users) @ self.items().T
+
+
+class Ranker(_CatalogModel):
+    """Linear([user rep, timestamp]) · item rep."""
+
+    def __init__(self, catalog: Catalog):
+        super().__init__(catalog)
+        self.context_linear = nn.Linear(self.user_rep.dim + 1, self.item_rep.dim)
+
+    def context_vectors(self, users: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
+        """users: (b,) long; timestamps: (b,) → (b, item_dim)."""
+        return self.context_linear(torch.cat([self.users(users), timestamps[:, None]], dim=1))
+
+    def forward(
+        self, users: torch.Tensor, items: torch.Tensor, timestamps: torch.Tensor
+    ) -> torch.Tensor:
+        """users, items: (b,) long; timestamps: (b,) → logits (b,)."""
+        return (self.context_vectors(users, timestamps) * self.items(items)).sum(-1)
+
+    def score_all(self, users: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
+        """users: (b,) long; timestamps: (b,) one per user → logits (b, n_items)."""
+        return self.context_vectors(users, timestamps) @ self.items().T

@@ -1,0 +1,1 @@
+"""The experiment pipeline: stage settings, stages, cache, candidate runs, reproduce."""

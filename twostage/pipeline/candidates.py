@@ -1,0 +1,126 @@
+"""Stage 6: candidate generators trained on the logged positives with CE, 1-IPS or 2-IPS."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from twostage.data import Catalog
+from twostage.evaluation import Evaluator
+from twostage.losses import cross_entropy_loss, ips_loss, two_stage_ips_loss
+from twostage.models import Nominator
+from twostage.pipeline.config import CandidateConfig
+from twostage.pipeline.training import adagrad, batches, check_finite, seeded
+
+
+@dataclass
+class Context:
+    """What every candidate-generator run shares: the log's positives, the ranker, the evaluator.
+
+    users, items, propensities: (n_positive,) — logged impressions with reward 1, in log order
+    ranker_scores: (n_users, n_items) — the ranker at each user's mean timestamp (2-IPS's q)
+    val_users, test_users: (m,) long — the first round(2000·n_users/6040) users, and the rest
+    """
+
+    catalog: Catalog
+    users: torch.Tensor
+    items: torch.Tensor
+    propensities: torch.Tensor
+    ranker_scores: torch.Tensor
+    evaluator: Evaluator
+    val_users: torch.Tensor
+    test_users: torch.Tensor
+
+
+def validation_size(n_users: int) -> int:
+    """The paper's 2,000 of 6,040 validation users, scaled to other sizes."""
+    return min(n_users - 1, max(1, round(2000 * n_users / 6040)))
+
+
+def method_loss(
+    method: str, logits: torch.Tensor, items: torch.Tensor, propensities: torch.Tensor,
+    ranker_logits: torch.Tensor, config: CandidateConfig, generator: torch.Generator,
+) -> torch.Tensor:  # fmt: skip
+    if method == "ce":
+        return cross_entropy_loss(logits, items)
+    if method == "ips":
+        return ips_loss(logits, items, propensities, cap=config.cap, floor=config.floor)
+    if method == "2s":
+        return two_stage_ips_loss(
+            logits, items, propensities, ranker_logits, alpha=config.alpha,
+            n_slates=config.n_slates, slate_size=config.slate_size,
+            temperature=config.temperature, cap=config.cap, floor=config.floor,
+            generator=generator,
+        )  # fmt: skip
+    raise ValueError(f"unknown method {method!r}")
+
+
+def evaluate_epoch(model: Nominator, context: Context, device: torch.device) -> list[dict]:
+    """One- and two-stage rewards on all users; ranking metrics on validation and test users."""
+    model.eval()
+    with torch.no_grad():
+        scores = model.score_all(torch.arange(context.catalog.n_users, device=device)).cpu()
+    model.train()
+    ev = context.evaluator
+    rows = [
+        {"split": "all", "evaluation": "one-stage", "metric": "reward",
+         "value": ev.one_stage_reward(scores)},
+        {"split": "all", "evaluation": "two-stage", "metric": "reward",
+         "value": ev.two_stage_reward(scores)},
+    ]  # fmt: skip
+    for split, users in (("val", context.val_users), ("test", context.test_users)):
+        for evaluation, metrics in (
+            ("one-stage", ev.one_stage_metrics(scores[users], users)),
+            ("two-stage", ev.two_stage_metrics(scores[users], users)),
+        ):
+            rows += [{"split": split, "evaluation": evaluation, "metric": name, "value": value}
+                     for name, value in metrics.items()]  # fmt: skip
+    return rows
+
+
+def train_candidate_generator(
+    method: str, seed: int, context: Context, config: CandidateConfig, device: torch.device,
+    progress=None,
+) -> dict:  # fmt: skip
+    """Train one candidate generator; returns {"rows": per-epoch results, "best_epoch": int}.
+
+    Batches follow the log order without shuffling and drop the last partial batch (the
+    paper's code) unless `config.shuffle`. The best epoch is the one with the highest
+    validation two-stage `config.select_metric` (first one on ties).
+    """
+    torch.manual_seed(seed)
+    model = Nominator(context.catalog).to(device)
+    opt = adagrad(model, config.lr, config.weight_decay)
+    generator = seeded(seed)
+    device_generator = generator if device.type == "cpu" else torch.Generator(device).manual_seed(seed)
+    users, items = context.users.to(device), context.items.to(device)
+    propensities = context.propensities.to(device)
+    ranker_scores = context.ranker_scores.to(device) if method == "2s" else None
+    rows: list[dict] = []
+    best_epoch, best_value = 0, float("-inf")
+    for epoch in range(config.epochs):
+        for step, idx in enumerate(batches(len(users), config.batch_size, shuffle=config.shuffle,
+                                           generator=generator, drop_last=True)):  # fmt: skip
+            idx = idx.to(device)
+            batch_users = users[idx]
+            logits = model.score_all(batch_users)
+            ranker_logits = ranker_scores[batch_users] if ranker_scores is not None else None
+            loss = method_loss(method, logits, items[idx], propensities[idx], ranker_logits,
+                               config, device_generator)  # fmt: skip
+            check_finite(loss, stage=f"candidate generator {method} seed {seed}", epoch=epoch,
+                         step=step)  # fmt: skip
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        epoch_rows = evaluate_epoch(model, context, device)
+        for row in epoch_rows:
+            row["epoch"] = epoch
+        rows += epoch_rows
+        selected = next(r["value"] for r in epoch_rows if r["split"] == "val"
+                        and r["evaluation"] == "two-stage" and r["metric"] == config.select_metric)  # fmt: skip
+        if selected > best_value:
+            best_epoch, best_value = epoch, selected
+        if progress is not None:
+            progress.update(1)
+    return {"rows": rows, "best_epoch": best_epoch}

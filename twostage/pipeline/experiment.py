@@ -1,0 +1,251 @@
+"""The whole experiment: cached stages 1–5, then every (method, seed) run, then the outputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+import twostage
+from twostage.data import MovieLens, load_movielens
+from twostage.evaluation import Evaluator
+from twostage.pipeline.cache import StageCache, atomic_write_text, stable_key
+from twostage.pipeline.candidates import Context, train_candidate_generator, validation_size
+from twostage.pipeline.config import ExperimentConfig, validate
+from twostage.pipeline.stages import (
+    World,
+    build_world,
+    ranker_scores,
+    sample_bandit_log,
+    train_logging_policy,
+    train_ranker,
+    train_simulator,
+)
+from twostage.pipeline.training import resolve_device
+
+STAGE_VERSION = 1  # bump when a stage's code changes its output
+RESULT_COLUMNS = ["dataset", "method", "seed", "epoch", "split", "evaluation", "metric", "value",
+                  "best_epoch"]  # fmt: skip
+
+
+@dataclass
+class Prepared:
+    """Everything stages 1–5 produced, with their cache keys and timings."""
+
+    data: MovieLens
+    device: torch.device
+    simulator: dict
+    world: World
+    logging_policy: dict
+    log: dict
+    ranker: dict
+    context: Context
+    keys: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    cached: dict[str, bool] = field(default_factory=dict)
+
+
+def _say(message: str, verbose: bool) -> None:
+    if verbose:
+        tqdm.write(message)
+
+
+def prepare(
+    config: ExperimentConfig, *, cache: StageCache | None = None, data: MovieLens | None = None,
+    verbose: bool = True,
+) -> Prepared:  # fmt: skip
+    """Run (or load from the cache) the simulator, world, logging policy, log and ranker."""
+    validate(config)
+    device = resolve_device(config.device)
+    cache = cache or StageCache()
+    data = data or load_movielens(config.dataset)
+    keys: dict[str, str] = {}
+    timings: dict[str, float] = {}
+    cached: dict[str, bool] = {}
+    base = (STAGE_VERSION, device.type)
+
+    def stage(name: str, settings, parent: str, build):
+        keys[name] = stable_key(name, base, parent, dataclasses.asdict(settings))
+        start = time.perf_counter()
+        artifact, was_cached = cache.get_or_build(name, keys[name], build)
+        timings[name], cached[name] = time.perf_counter() - start, was_cached
+        return artifact
+
+    def simulator_build():
+        steps = config.simulator.epochs * -(-(data.n_ratings * 3 // 5) // config.simulator.batch_size)
+        with tqdm(total=steps, desc="simulator", leave=False, disable=not verbose) as bar:
+            return train_simulator(data, config.simulator, device, progress=bar)
+
+    simulator = stage("simulator", config.simulator, data.fingerprint, simulator_build)
+    info = simulator["info"]
+    _say(f"[simulator] {_src(cached, 'simulator')} {timings['simulator']:.1f}s · "
+         f"{info['steps']} steps · val AUC {info['val_auc']:.3f} · test AUC {info['test_auc']:.3f}",
+         verbose)  # fmt: skip
+
+    world_settings = dataclasses.replace(config.world, chunk_users=0)  # chunking: not a setting
+    world = stage("world", world_settings, keys["simulator"],
+                  lambda: build_world(data, simulator["state"], config.world, device))  # fmt: skip
+    _say(f"[world] {_src(cached, 'world')} {timings['world']:.1f}s · "
+         f"{world.labels.numel():,} pairs · cut {world.cut:.6f} ({world.cut_rule}) · "
+         f"positive share {world.positive_share:.3f}", verbose)  # fmt: skip
+
+    policy = stage("logging_policy", config.logging_policy, keys["world"],
+                   lambda: train_logging_policy(data.catalog, world, config.logging_policy, device))  # fmt: skip
+    _say(f"[logging policy] {_src(cached, 'logging_policy')} {timings['logging_policy']:.1f}s · "
+         f"val AUC {policy['info']['val_auc']:.3f}", verbose)  # fmt: skip
+
+    log = stage("bandit_log", config.bandit, keys["logging_policy"],
+                lambda: sample_bandit_log(data.catalog, world, policy["state"], config.bandit, device))  # fmt: skip
+    _say(f"[bandit log] {_src(cached, 'bandit_log')} {timings['bandit_log']:.1f}s · "
+         f"{len(log['users']):,} impressions · {int(log['rewards'].sum()):,} positive · "
+         f"{log['items'].unique().numel():,} distinct items", verbose)  # fmt: skip
+
+    ranker = stage("ranker", config.ranker, keys["bandit_log"],
+                   lambda: train_ranker(data.catalog, world, log, config.ranker, device))  # fmt: skip
+    _say(f"[ranker] {_src(cached, 'ranker')} {timings['ranker']:.1f}s · "
+         f"AUC vs truth {ranker['info']['truth_auc']:.3f}", verbose)  # fmt: skip
+
+    start = time.perf_counter()
+    context = make_context(data, world, log, ranker, config, device)
+    timings["evaluator"] = time.perf_counter() - start
+    return Prepared(data, device, simulator, world, policy, log, ranker, context, keys, timings,
+                    cached)  # fmt: skip
+
+
+def _src(cached: dict[str, bool], name: str) -> str:
+    return "cached" if cached[name] else "built"
+
+
+def make_context(data: MovieLens, world: World, log: dict, ranker: dict,
+                 config: ExperimentConfig, device: torch.device) -> Context:  # fmt: skip
+    """The logged positives, the ranker's scores and the evaluator shared by all runs."""
+    positive = log["rewards"] > 0
+    scores = ranker_scores(data.catalog, ranker["state"], world, device)
+    users, items = log["users"][positive], log["items"][positive]
+    evaluator = Evaluator(world.truth, users, items, scores, k=config.candidates.eval_k)
+    n_val = validation_size(data.n_users)
+    return Context(
+        catalog=data.catalog,
+        users=users,
+        items=items,
+        propensities=log["propensities"][positive],
+        ranker_scores=scores,
+        evaluator=evaluator,
+        val_users=torch.arange(n_val),
+        test_users=torch.arange(n_val, data.n_users),
+    )
+
+
+def run_key(prepared: Prepared, config: ExperimentConfig, method: str, seed: int) -> str:
+    return stable_key("run", STAGE_VERSION, prepared.keys["ranker"], method, seed,
+                      dataclasses.asdict(config.candidates))  # fmt: skip
+
+
+def run_all(
+    prepared: Prepared, config: ExperimentConfig, out_dir: Path, *, verbose: bool = True
+) -> pd.DataFrame:
+    """Every (method, seed) run, each stored in `out_dir/runs/` as soon as it finishes.
+
+    A run whose file exists with the same key is not recomputed: an interrupted sweep resumes.
+    """
+    runs_dir = out_dir / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    jobs = [(m, s) for m in config.methods for s in config.seeds]
+    frames = []
+    total = len(jobs) * config.candidates.epochs
+    with tqdm(total=total, desc="candidate generators", disable=not verbose) as bar:
+        for method, seed in jobs:
+            key = run_key(prepared, config, method, seed)
+            path = runs_dir / f"{method}-seed{seed}.json"
+            stored = _read_run(path)
+            if stored is not None and stored.get("key") == key:
+                bar.update(config.candidates.epochs)
+                result = stored
+            else:
+                bar.set_postfix_str(f"{method} seed {seed}")
+                start = time.perf_counter()
+                result = train_candidate_generator(method, seed, prepared.context, config.candidates,
+                                                   prepared.device, progress=bar)  # fmt: skip
+                result.update(key=key, method=method, seed=seed,
+                              seconds=round(time.perf_counter() - start, 3))  # fmt: skip
+                atomic_write_text(path, json.dumps(result))
+            frame = pd.DataFrame(result["rows"])
+            frame["method"], frame["seed"], frame["best_epoch"] = method, seed, result["best_epoch"]
+            frames.append(frame)
+    results = pd.concat(frames, ignore_index=True)
+    results["dataset"] = prepared.data.name
+    return results[RESULT_COLUMNS]
+
+
+def _read_run(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None  # a damaged run file is recomputed
+
+
+def reproduce(
+    config: ExperimentConfig, out_dir: str | Path, *, cache_dir: str | Path | None = None,
+    verbose: bool = True,
+) -> Path:  # fmt: skip
+    """The whole experiment: stages, runs, `results.csv`, `run.json`, summary and figures."""
+    from twostage import report
+
+    out_dir = Path(out_dir)
+    validate(config)
+    started = time.perf_counter()
+    prepared = prepare(config, cache=StageCache(cache_dir), verbose=verbose)
+    start = time.perf_counter()
+    results = run_all(prepared, config, out_dir, verbose=verbose)
+    prepared.timings["candidate_generators"] = time.perf_counter() - start
+    atomic_write_text(out_dir / "results.csv", results.to_csv(index=False))
+    atomic_write_text(out_dir / "world_probabilities.json", json.dumps(probability_histogram(prepared.world)))
+    atomic_write_text(out_dir / "run.json", json.dumps(run_metadata(prepared, config, started), indent=2))
+    report.write_summary(out_dir)
+    report.write_figures(out_dir)
+    if verbose:
+        tqdm.write(report.format_summary(out_dir))
+    return out_dir
+
+
+def probability_histogram(world: World, bins: int = 50) -> dict:
+    counts = torch.histc(world.probabilities, bins=bins, min=0.0, max=1.0)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    return {"bin_edges": edges.tolist(), "counts": counts.long().tolist(), "cut": world.cut,
+            "positive_share": world.positive_share}  # fmt: skip
+
+
+def run_metadata(prepared: Prepared, config: ExperimentConfig, started: float) -> dict:
+    data, world = prepared.data, prepared.world
+    return {
+        "dataset": data.name,
+        "synthetic": data.synthetic,
+        "data": {"path": data.path, "layout": data.layout, "fingerprint": data.fingerprint,
+                 **data.catalog.cardinalities(), "ratings": data.n_ratings},  # fmt: skip
+        "config": config.to_dict(),
+        "package_version": twostage.__version__,
+        "torch_version": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(prepared.device),
+        "world": {"cut": world.cut, "cut_rule": world.cut_rule,
+                  "positive_share": world.positive_share},  # fmt: skip
+        "simulator": {k: v for k, v in prepared.simulator["info"].items() if k != "curve"},
+        "logging_policy": {"val_auc": prepared.logging_policy["info"]["val_auc"]},
+        "bandit_log": {"impressions": len(prepared.log["users"]),
+                       "positives": int(prepared.log["rewards"].sum())},  # fmt: skip
+        "ranker": prepared.ranker["info"],
+        "stage_keys": prepared.keys,
+        "stage_cached": prepared.cached,
+        "stage_seconds": {k: round(v, 2) for k, v in prepared.timings.items()},
+        "total_seconds": round(time.perf_counter() - started, 2),
+    }

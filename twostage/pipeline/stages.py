@@ -1,0 +1,311 @@
+"""Stages 1–5: simulator → semi-synthetic world → logging policy → bandit log → ranker.
+
+Each stage is a plain function of its settings and inputs that returns an artifact: a dict of
+tensors and numbers that the stage cache can store (models as state dicts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from twostage.data import Catalog, MovieLens
+from twostage.models import ImpressionSimulator, Nominator, Ranker
+from twostage.pipeline.config import (
+    PAPER_CUT,
+    BanditConfig,
+    LoggingPolicyConfig,
+    RankerConfig,
+    SimulatorConfig,
+    WorldConfig,
+)
+from twostage.pipeline.training import (
+    adagrad,
+    auc,
+    batches,
+    check_finite,
+    numpy_rng,
+    seeded,
+)
+
+
+# ---------------------------------------------------------------- 1. impression simulator
+def split_ratings(n: int) -> tuple[slice, slice, slice]:
+    """Train/validation/test split 3:1:1 in file order, as the paper."""
+    return slice(0, n * 3 // 5), slice(n * 3 // 5, n * 4 // 5), slice(n * 4 // 5, n)
+
+
+def train_simulator(
+    data: MovieLens, config: SimulatorConfig, device: torch.device, progress=None
+) -> dict:
+    """Train the impression simulator on the ratings; returns {"state", "info"}."""
+    torch.manual_seed(config.seed)
+    model = ImpressionSimulator(data.catalog).to(device)
+    opt = adagrad(model, config.lr, config.weight_decay)
+    users, items = data.users.to(device), data.items.to(device)
+    times, labels = data.timestamps.to(device), data.labels.to(device)
+    train, val, test = split_ratings(data.n_ratings)
+    train_idx = torch.arange(data.n_ratings)[train]
+    generator = seeded(config.seed)
+
+    def evaluate(part: slice) -> float:
+        model.eval()
+        with torch.no_grad():
+            scores = torch.cat([model(users[part][i], items[part][i], times[part][i])
+                                for i in batches(part.stop - part.start, 65536, shuffle=False)])  # fmt: skip
+        model.train()
+        return auc(scores, labels[part])
+
+    curve: list[tuple[int, float]] = []
+    step, stopped = 0, False
+    for epoch in range(config.epochs):
+        for batch in batches(len(train_idx), config.batch_size, shuffle=True, generator=generator):
+            idx = train_idx[batch].to(device)
+            loss = F.binary_cross_entropy_with_logits(model(users[idx], items[idx], times[idx]),
+                                                      labels[idx])  # fmt: skip
+            check_finite(loss, stage="simulator", epoch=epoch, step=step)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+            if progress is not None:
+                progress.update(1)
+            if step % config.validate_every == 0:
+                value = evaluate(val)
+                curve.append((step, value))
+                if value > config.stop_auc:
+                    stopped = True
+                    break
+        if stopped and config.early_stop == "run":
+            break
+        if config.early_stop == "epoch":
+            stopped = False
+    info = {
+        "steps": step,
+        "val_auc": evaluate(val),
+        "test_auc": evaluate(test),
+        "curve": curve,
+        "stopped_early": step < config.epochs * -(-len(train_idx) // config.batch_size),
+        "train_size": len(train_idx),
+    }
+    return {"state": _cpu_state(model), "info": info}
+
+
+# ---------------------------------------------------------------- 2. semi-synthetic world
+@dataclass
+class World:
+    """The semi-synthetic world: every user × item pair with a timestamp, probability and label.
+
+    timestamps, probabilities: (n_users, n_items) float — sampled impression times and the
+        simulator's probability of a positive label at those times
+    labels: (n_users, n_items) bool — probabilities ≥ cut (the labels the log is drawn from)
+    mean_timestamps: (n_users,) — each user's mean sampled timestamp (the evaluator's context)
+    truth: (n_users, n_items) bool — probability at the mean timestamp > cut (evaluation truth)
+    """
+
+    timestamps: torch.Tensor
+    probabilities: torch.Tensor
+    labels: torch.Tensor
+    mean_timestamps: torch.Tensor
+    probabilities_at_mean: torch.Tensor
+    truth: torch.Tensor
+    cut: float
+    cut_rule: str
+
+    @property
+    def positive_share(self) -> float:
+        return float(self.labels.float().mean())
+
+
+def is_paper_ml1m(data: MovieLens) -> bool:
+    """True for the real ML-1M (the only data the paper's cut was chosen for)."""
+    return not data.synthetic and data.layout == "ml-1m" and (data.n_users, data.n_items) == (
+        6040, 3883)  # fmt: skip
+
+
+def user_timestamp_moments(data: MovieLens) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (population) standard deviation of each user's normalised rating timestamps."""
+    n = data.n_users
+    users = data.users.numpy()
+    stamps = data.timestamps.numpy().astype(np.float64)
+    counts = np.bincount(users, minlength=n).astype(np.float64)
+    sums = np.bincount(users, weights=stamps, minlength=n)
+    squares = np.bincount(users, weights=stamps**2, minlength=n)
+    safe = np.maximum(counts, 1)
+    mean = sums / safe
+    std = np.sqrt(np.maximum(squares / safe - mean**2, 0.0))
+    # A user without ratings (possible in user-supplied data) gets the file's overall moments.
+    mean[counts == 0], std[counts == 0] = stamps.mean(), stamps.std()
+    return mean, std
+
+
+def choose_cut(probabilities: torch.Tensor, data: MovieLens, config: WorldConfig) -> tuple[float, str]:
+    if config.cut is not None:
+        return float(config.cut), "given cut"
+    share = config.positive_share
+    if share is None:
+        if is_paper_ml1m(data):
+            return PAPER_CUT, "paper cut (ML-1M)"
+        share = config.default_share
+    flat = probabilities.reshape(-1)
+    n_positive = max(1, round(share * flat.numel()))
+    cut = torch.topk(flat, n_positive).values[-1].item()
+    return float(cut), f"positive share {share:g}"
+
+
+def build_world(
+    data: MovieLens, simulator_state: dict, config: WorldConfig, device: torch.device
+) -> World:
+    """Sample a timestamp for every pair, score it with the simulator, cut into labels."""
+    simulator = ImpressionSimulator(data.catalog)
+    simulator.load_state_dict(simulator_state)
+    simulator.to(device).eval()
+    mean, std = user_timestamp_moments(data)
+    # One call draws the same stream as the paper's per-user calls, in the same order.
+    noise = numpy_rng(config.seed).normal(size=(data.n_users, data.n_items))
+    timestamps = torch.from_numpy((noise * std[:, None] + mean[:, None]).astype(np.float32))
+    mean_timestamps = timestamps.mean(dim=1)
+    probabilities = torch.empty(data.n_users, data.n_items)
+    at_mean = torch.empty(data.n_users, data.n_items)
+    with torch.no_grad():
+        for chunk in batches(data.n_users, config.chunk_users, shuffle=False):
+            users = chunk.to(device)
+            probabilities[chunk] = torch.sigmoid(
+                simulator.score_all(users, timestamps[chunk].to(device))).cpu()  # fmt: skip
+            at_mean[chunk] = torch.sigmoid(
+                simulator.score_all(users, mean_timestamps[chunk].to(device))).cpu()  # fmt: skip
+    cut, rule = choose_cut(probabilities, data, config)
+    return World(
+        timestamps=timestamps,
+        probabilities=probabilities,
+        labels=probabilities >= cut,
+        mean_timestamps=mean_timestamps,
+        probabilities_at_mean=at_mean,
+        truth=at_mean > cut,  # the paper's evaluator uses ">" at the mean timestamp
+        cut=cut,
+        cut_rule=rule,
+    )
+
+
+# ---------------------------------------------------------------- 3. logging policy
+def train_logging_policy(
+    catalog: Catalog, world: World, config: LoggingPolicyConfig, device: torch.device
+) -> dict:
+    """BCE on `n_train` random pairs of the world; AUC on `n_val` more after every epoch."""
+    n_items = world.labels.shape[1]
+    n_pairs = world.labels.numel()
+    if config.n_train + config.n_val > n_pairs:
+        raise ValueError(f"the world has {n_pairs} pairs, fewer than n_train + n_val")
+    order = torch.from_numpy(numpy_rng(config.seed).permutation(n_pairs)[: config.n_train + config.n_val])
+    users, items = (order // n_items).to(device), (order % n_items).to(device)
+    labels = world.labels.reshape(-1)[order].float().to(device)
+    train, val = slice(0, config.n_train), slice(config.n_train, None)
+    torch.manual_seed(config.seed)
+    model = Nominator(catalog).to(device)
+    opt = adagrad(model, config.lr, config.weight_decay)
+    generator = seeded(config.seed)
+    curve = []
+    for epoch in range(config.epochs):
+        for step, idx in enumerate(batches(config.n_train, config.batch_size, shuffle=True,
+                                           generator=generator)):  # fmt: skip
+            idx = idx.to(device)
+            loss = F.binary_cross_entropy_with_logits(model(users[idx], items[idx]), labels[idx])
+            check_finite(loss, stage="logging policy", epoch=epoch, step=step)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            model.eval()
+            curve.append(auc(model(users[val], items[val]), labels[val]))
+            model.train()
+    return {"state": _cpu_state(model), "info": {"val_auc": curve[-1], "curve": curve}}
+
+
+# ---------------------------------------------------------------- 4. bandit log
+def sample_bandit_log(
+    catalog: Catalog, world: World, policy_state: dict, config: BanditConfig, device: torch.device
+) -> dict:
+    """K distinct items per user, drawn in sequence without replacement from the policy's softmax.
+
+    Gumbel-top-k draws all users at once; it has exactly the distribution of K successive draws
+    without replacement. The logged propensity is the single-draw softmax probability, as the
+    paper's code (not the probability that the item is among the K).
+    Returns users, items, propensities, rewards, timestamps: (n_users * K,), in user order.
+    """
+    policy = Nominator(catalog)
+    policy.load_state_dict(policy_state)
+    policy.to(device).eval()
+    n_users = catalog.n_users
+    with torch.no_grad():
+        logits = policy.score_all(torch.arange(n_users, device=device)).cpu().double()
+    log_probs = torch.log_softmax(logits, dim=1)
+    uniform = torch.rand(log_probs.shape, generator=seeded(config.seed), dtype=torch.float64)
+    gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-300)))
+    items = torch.topk(log_probs + gumbel, config.k, dim=1).indices  # (n_users, K), draw order
+    users = torch.arange(n_users)[:, None].expand_as(items)
+    return {
+        "users": users.reshape(-1).clone(),
+        "items": items.reshape(-1).clone(),
+        "propensities": log_probs.exp().gather(1, items).reshape(-1).float(),
+        "rewards": world.labels[users, items].reshape(-1).float(),
+        "timestamps": world.timestamps[users, items].reshape(-1).clone(),
+        "k": config.k,
+    }
+
+
+# ---------------------------------------------------------------- 5. ranker
+def train_ranker(
+    catalog: Catalog, world: World, log: dict, config: RankerConfig, device: torch.device
+) -> dict:
+    """BCE on every logged impression with its timestamp; batches in log order by default,
+    the last partial batch dropped — as the paper's code."""
+    torch.manual_seed(config.seed)
+    model = Ranker(catalog).to(device)
+    opt = adagrad(model, config.lr, config.weight_decay)
+    users, items = log["users"].to(device), log["items"].to(device)
+    times, rewards = log["timestamps"].to(device), log["rewards"].to(device)
+    generator = seeded(config.seed)
+    losses = []
+    for epoch in range(config.epochs):
+        total = 0.0
+        for step, idx in enumerate(batches(len(users), config.batch_size, shuffle=config.shuffle,
+                                           generator=generator, drop_last=True)):  # fmt: skip
+            idx = idx.to(device)
+            loss = F.binary_cross_entropy_with_logits(model(users[idx], items[idx], times[idx]),
+                                                      rewards[idx])  # fmt: skip
+            check_finite(loss, stage="ranker", epoch=epoch, step=step)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item()
+        losses.append(total / max(1, len(users) // config.batch_size))
+    model.eval()
+    with torch.no_grad():
+        # Quality against the truth: AUC over up to 200k random pairs at the users' mean times.
+        pairs = torch.randperm(world.truth.numel(), generator=seeded(1))[:200_000]
+        u, i = pairs // world.truth.shape[1], pairs % world.truth.shape[1]
+        scores = model(u.to(device), i.to(device), world.mean_timestamps[u].to(device))
+        truth_auc = auc(scores, world.truth[u, i].float())
+        log_auc = auc(model(users, items, times), rewards)
+    info = {"train_loss": losses, "truth_auc": truth_auc, "log_auc": log_auc}
+    return {"state": _cpu_state(model), "info": info}
+
+
+def ranker_scores(catalog: Catalog, ranker_state: dict, world: World, device: torch.device,
+                  chunk: int = 1024) -> torch.Tensor:  # fmt: skip
+    """(n_users, n_items) ranker scores at each user's mean timestamp."""
+    ranker = Ranker(catalog)
+    ranker.load_state_dict(ranker_state)
+    ranker.to(device).eval()
+    out = torch.empty(catalog.n_users, catalog.n_items)
+    with torch.no_grad():
+        for idx in batches(catalog.n_users, chunk, shuffle=False):
+            out[idx] = ranker.score_all(idx.to(device), world.mean_timestamps[idx].to(device)).cpu()
+    return out
+
+
+def _cpu_state(model: torch.nn.Module) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
