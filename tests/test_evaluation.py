@@ -31,14 +31,22 @@ class World:
         return set(self.logged_items[self.logged_users == user].tolist())
 
 
-def make_world(seed: int, p_true: float = 0.3, per_user: int = 6) -> World:
+def make_world(
+    seed: int,
+    p_true: float = 0.3,
+    per_user: int = 6,
+    all_logged: tuple[int, ...] = ALL_LOGGED,
+    varied: bool = False,
+) -> World:
+    """A random world; `varied` draws each user's number of logged items from 0..per_user."""
     g = torch.Generator().manual_seed(seed)
     truth = torch.rand(N_USERS, N_ITEMS, generator=g) < p_true
     truth[list(NO_TRUTH)] = False
     users, items = [], []
     for u in range(N_USERS):
-        chosen = torch.arange(N_ITEMS) if u in ALL_LOGGED else torch.randperm(N_ITEMS, generator=g)
-        chosen = chosen if u in ALL_LOGGED else chosen[:per_user]
+        n = int(torch.randint(0, per_user + 1, (), generator=g)) if varied else per_user
+        chosen = torch.arange(N_ITEMS) if u in all_logged else torch.randperm(N_ITEMS, generator=g)
+        chosen = chosen if u in all_logged else chosen[:n]
         users.append(torch.full_like(chosen, u))
         items.append(chosen)
     # Logged pairs in shuffled order, some repeated (a pair may be logged twice).
@@ -175,6 +183,21 @@ def test_one_stage_metrics_with_few_unlogged_items_match_reference() -> None:
     assert_close_dicts(got, ref_two_stage_metrics(world, world.scores, users.tolist(), K))
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_varied_numbers_of_logged_items_match_reference(seed: int) -> None:
+    # Without all-logged users only the raw top (width + most logged per user) items are ranked.
+    world = make_world(seed, per_user=9, all_logged=(), varied=True)
+    evaluator = world.evaluator()
+    assert evaluator.max_logged < N_ITEMS - 20
+    users = torch.arange(N_USERS)
+    assert evaluator.one_stage_reward(world.scores) == pytest.approx(ref_one_stage_reward(world))
+    assert evaluator.two_stage_reward(world.scores) == pytest.approx(ref_two_stage_reward(world, K))
+    got = evaluator.one_stage_metrics(world.scores, users)
+    assert_close_dicts(got, ref_one_stage_metrics(world, world.scores, users.tolist()))
+    got = evaluator.two_stage_metrics(world.scores, users)
+    assert_close_dicts(got, ref_two_stage_metrics(world, world.scores, users.tolist(), K))
+
+
 # -- behaviour ---------------------------------------------------------------------------
 
 
@@ -279,6 +302,11 @@ def test_non_finite_scores_are_refused() -> None:
     bad[4, 7] = float("nan")
     with pytest.raises(NumericsError):
         evaluator.one_stage_reward(bad)
+    # Finite scores whose sum overflows to inf are accepted, and rank as the originals do.
+    positive = world.scores.abs() + 1.0
+    huge = positive * 1e37
+    assert torch.isinf(huge.sum()) and torch.isfinite(huge).all()
+    assert evaluator.one_stage_reward(huge) == evaluator.one_stage_reward(positive)
     world.ranker_scores[0, 0] = float("inf")
     with pytest.raises(NumericsError):
         world.evaluator()

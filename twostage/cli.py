@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--positive-share", type=float, help="label the top share of pairs instead")
     run.add_argument("--epochs", type=int, help="candidate-generator epochs (20)")
     run.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    run.add_argument("--threads", type=int, default=0,
+                     help="CPU threads for torch (default: torch's choice; 1 is often fastest "
+                          "for these small models on a busy CPU)")  # fmt: skip
     run.add_argument("--out", help="output directory (default runs/DATASET-PROFILE)")
     run.add_argument("--cache-dir", help="stage cache (default $TWOSTAGE_CACHE or the user cache)")
 
@@ -81,7 +84,7 @@ def experiment_config(args: argparse.Namespace):
     from twostage.pipeline.training import resolve_device
 
     config = profile_config(args.profile)
-    overrides: dict = {"device": args.device}
+    overrides: dict = {"device": args.device, "threads": args.threads}
     if args.dataset:
         overrides["dataset"] = args.dataset
     if args.seeds:

@@ -89,6 +89,23 @@ def cross_entropy_loss(logits: torch.Tensor, actions: torch.Tensor) -> torch.Ten
     return -F.log_softmax(logits, dim=1).gather(1, actions.view(-1, 1)).mean()
 
 
+def _weights_from_pi_a(
+    pi_a: torch.Tensor,
+    propensities: torch.Tensor,
+    cap: float,
+    floor: float,
+    clip: bool = True,
+    normalise: bool = True,
+) -> torch.Tensor:
+    """(batch,) importance weights from π(a_i) (batch,) and p_i (batch,), without gradient."""
+    weights = pi_a.detach() / propensities.to(pi_a.dtype)
+    if clip:
+        weights = weights.clamp(min=floor, max=cap)
+    if normalise:
+        weights = weights / weights.mean()
+    return weights
+
+
 def ips_weights(
     logits: torch.Tensor,
     propensities: torch.Tensor,
@@ -113,18 +130,30 @@ def ips_weights(
     Returns:
         (batch,) weights.
     """
+    _check_inputs(logits, actions, propensities, cap, floor)
+    with torch.no_grad():
+        log_pi_a = F.log_softmax(logits.detach(), dim=1).gather(1, actions.view(-1, 1))
+        return _weights_from_pi_a(
+            log_pi_a.squeeze(1).exp(),
+            propensities,
+            cap,
+            floor,
+            clip=clip,
+            normalise=clip if normalise is None else normalise,
+        )
+
+
+def _check_inputs(
+    logits: torch.Tensor,
+    actions: torch.Tensor,
+    propensities: torch.Tensor,
+    cap: float,
+    floor: float,
+) -> None:
     _check_logits(logits)
     _check_actions(actions, logits)
     _check_propensities(propensities, logits.size(0))
     _check_clip(cap, floor)
-    with torch.no_grad():
-        pi_a = F.softmax(logits.detach(), dim=1).gather(1, actions.view(-1, 1)).squeeze(1)
-        weights = pi_a / propensities.to(pi_a.dtype)
-        if clip:
-            weights = weights.clamp(min=floor, max=cap)
-        if clip if normalise is None else normalise:
-            weights = weights / weights.mean()
-    return weights
 
 
 def ips_loss(
@@ -147,8 +176,9 @@ def ips_loss(
     Returns:
         () scalar loss.
     """
-    weights = ips_weights(logits, propensities, actions, cap=cap, floor=floor)
+    _check_inputs(logits, actions, propensities, cap, floor)
     log_pi_a = F.log_softmax(logits, dim=1).gather(1, actions.view(-1, 1)).squeeze(1)
+    weights = _weights_from_pi_a(log_pi_a.detach().exp(), propensities, cap, floor)
     return -(weights * log_pi_a).mean()
 
 
@@ -201,14 +231,14 @@ def two_stage_ips_loss(
         alpha: weight of the second (candidate-set) term.
         n_slates, slate_size: Monte Carlo sets per row and items drawn per set.
         temperature: softening of the sampling distribution (> 0).
-        generator: random source of the sampling.
+        generator: random source of the sampling (see `twostage.sampling.sample_slates`).
         slates: (batch, K, L) long pre-drawn slates, without the logged item; when given,
             no sampling happens and K, L come from its shape (`n_slates`, `slate_size` unused).
 
     Returns:
         () scalar loss.
     """
-    _check_logits(logits)
+    _check_inputs(logits, actions, propensities, cap, floor)
     _check_logits(ranker_logits, "ranker_logits")
     if ranker_logits.shape != logits.shape:
         raise ConfigError(
@@ -218,35 +248,40 @@ def two_stage_ips_loss(
         raise ConfigError(f"temperature must be finite and > 0, got {temperature!r}")
     if not math.isfinite(alpha):
         raise ConfigError(f"alpha must be finite, got {alpha!r}")
-    weights = ips_weights(logits, propensities, actions, cap=cap, floor=floor)
     batch, n_items = logits.shape
-    if slates is None:
-        with torch.no_grad():
-            probs = F.softmax(logits.detach() / temperature, dim=1)
-        slates = sample_slates(probs, n_slates, slate_size, generator=generator)
-    else:
-        _check_slates(slates, batch, n_items)
-    n_sets, size = slates.shape[1], slates.shape[2]
-
-    # Append a to every set, then sort each set: the head of each run of equal items marks one
-    # distinct item, which is all the per-set sums below need.
-    logged = actions.view(batch, 1, 1).expand(batch, n_sets, 1).to(slates.dtype)
-    items, _ = torch.cat([slates, logged], dim=2).sort(dim=2)  # (batch, K, L + 1)
-    distinct = torch.ones_like(items, dtype=torch.bool)
-    distinct[..., 1:] = items[..., 1:] != items[..., :-1]
-    flat = items.view(batch, -1)
+    log_pi = F.log_softmax(logits, dim=1)
+    log_pi_a = log_pi.gather(1, actions.view(-1, 1)).squeeze(1)
+    weights = _weights_from_pi_a(log_pi_a.detach().exp(), propensities, cap, floor)
 
     with torch.no_grad():
+        if slates is None:
+            probs = F.softmax(logits.detach() / temperature, dim=1)
+            slates = sample_slates(probs, n_slates, slate_size, generator=generator)
+        else:
+            _check_slates(slates, batch, n_items)
+            slates = slates.sort(dim=2).values
+        n_sets = slates.size(1)
+        logged = actions.view(batch, 1, 1)
+        # In a sorted slate the head of each run of equal items stands for one distinct item;
+        # the appended logged item is handled apart, so runs of it are dropped here.
+        others = torch.ones_like(slates, dtype=torch.bool)
+        others[..., 1:] = slates[..., 1:] != slates[..., :-1]
+        others &= slates != logged
+        flat = slates.reshape(batch, -1)
+
+        # q(a|S) = 1 / (1 + Σ_{distinct j ≠ a} exp(r_j − r_a)); an overflow to inf gives q = 0,
+        # its limit, where a shared softmax shift could give 0 / 0.
         ranker = ranker_logits.detach().to(logits.dtype)
-        scores = ranker.gather(1, flat).view_as(items).masked_fill(~distinct, -math.inf)
-        log_q_a = ranker.gather(1, actions.view(-1, 1)) - scores.logsumexp(dim=2)  # (batch, K)
-        q_a = log_q_a.exp()
+        odds = (ranker - ranker.gather(1, actions.view(-1, 1))).exp()
+        odds_in_slate = torch.where(others, odds.gather(1, flat).view_as(slates), 0.0)
+        q_a = 1.0 / (1.0 + odds_in_slate.sum(dim=2))  # (batch, K)
 
-    log_pi = F.log_softmax(logits, dim=1)
-    log_pi_a = log_pi.gather(1, actions.view(-1, 1)).squeeze(1)  # (batch,)
-    others = distinct & (items != actions.view(batch, 1, 1))
-    log_pi_others = (log_pi.gather(1, flat).view_as(items) * others).sum(dim=2)  # (batch, K)
-
-    first = weights * q_a.mean(dim=1) * log_pi_a
-    second = weights * (q_a * log_pi_others).mean(dim=1)
-    return -first.mean() - alpha * second.mean()
+        # The loss is linear in log π, so gather its coefficients into one (batch, n_items) matrix
+        # and let autograd differentiate a single dense product.
+        coef = torch.zeros_like(log_pi).scatter_add_(
+            1, flat, (q_a.unsqueeze(2) * others).view(batch, -1)
+        )
+        coef *= alpha / n_sets
+        coef.scatter_add_(1, actions.view(-1, 1), q_a.mean(dim=1, keepdim=True))
+        coef *= (weights / batch).unsqueeze(1)
+    return -(coef * log_pi).sum()

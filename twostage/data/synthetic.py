@@ -59,9 +59,10 @@ _GENRE_SHARES = _shares(
 )  # fmt: skip
 _N_GENRE_SHARES = _shares([0.52, 0.34, 0.14])  # 1, 2, 3 genres (ML-1M's 4+ folded into 3)
 # Movies per release year in ML-1M, at a few anchor years (interpolated in between).
-_YEAR_PROFILE = np.array(
-    [[1919, 1930, 1940, 1950, 1960, 1970, 1980, 1985, 1990, 1992, 1993, 1994, 1995, 1998, 1999, 2000],
-     [3, 6, 12, 13, 18, 22, 40, 65, 75, 100, 165, 257, 342, 337, 283, 156]]
+_YEAR_PROFILE = (
+    [1919, 1930, 1940, 1950, 1960, 1970, 1980, 1985, 1990, 1992, 1993, 1994, 1995, 1998, 1999,
+     2000],
+    [3, 6, 12, 13, 18, 22, 40, 65, 75, 100, 165, 257, 342, 337, 283, 156],
 )  # fmt: skip
 _RATING_SHARES = _shares([0.056, 0.108, 0.261, 0.349, 0.226])  # ratings 1..5
 
@@ -430,13 +431,8 @@ def write_synthetic_movielens(
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-", dir=directory.parent))
     try:
-        blobs = dict(
-            zip(
-                DATA_FILES,
-                map(_dat_bytes, (tables.users, tables.movies, tables.ratings)),
-                strict=True,
-            )
-        )
+        frames = (tables.users, tables.movies, tables.ratings)
+        blobs = {name: _dat_bytes(frame) for name, frame in zip(DATA_FILES, frames, strict=True)}
         for name, blob in blobs.items():
             (staging / name).write_bytes(blob)
         full_marker = {**marker, "bytes": {name: len(blob) for name, blob in blobs.items()}}

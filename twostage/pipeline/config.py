@@ -106,6 +106,7 @@ class ExperimentConfig:
     methods: tuple[str, ...] = METHODS
     seeds: tuple[int, ...] = tuple(range(20))
     device: str = "auto"
+    threads: int = 0  # CPU threads for torch; 0 keeps torch's default (not part of any cache key)
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
     world: WorldConfig = field(default_factory=WorldConfig)
     logging_policy: LoggingPolicyConfig = field(default_factory=LoggingPolicyConfig)

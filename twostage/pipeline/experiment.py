@@ -64,6 +64,8 @@ def prepare(
 ) -> Prepared:  # fmt: skip
     """Run (or load from the cache) the simulator, world, logging policy, log and ranker."""
     validate(config)
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
     cache = cache or StageCache()
     data = data or load_movielens(config.dataset)
@@ -199,8 +201,6 @@ def reproduce(
     verbose: bool = True,
 ) -> Path:  # fmt: skip
     """The whole experiment: stages, runs, `results.csv`, `run.json`, summary and figures."""
-    from twostage import report
-
     out_dir = Path(out_dir)
     validate(config)
     started = time.perf_counter()
@@ -211,6 +211,8 @@ def reproduce(
     atomic_write_text(out_dir / "results.csv", results.to_csv(index=False))
     atomic_write_text(out_dir / "world_probabilities.json", json.dumps(probability_histogram(prepared.world)))
     atomic_write_text(out_dir / "run.json", json.dumps(run_metadata(prepared, config, started), indent=2))
+    from twostage import report
+
     report.write_summary(out_dir)
     report.write_figures(out_dir)
     if verbose:
