@@ -11,6 +11,7 @@ import argparse
 import datetime
 import json
 import math
+import os
 import platform
 import statistics
 import time
@@ -101,7 +102,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/losses.json"))
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     logits = (torch.randn(BATCH, N_ITEMS) * 2).requires_grad_()
@@ -129,7 +133,10 @@ def main() -> None:
     print(f"speed-up (median per-row / median batched): {ratio:.1f}x")
     report = {
         "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads",
+        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores",
+        "torch_threads": torch.get_num_threads(),
+        # Other jobs on the machine slow multi-threaded torch ops badly; record the load.
+        "load_average_1min": os.getloadavg()[0],
         "torch": torch.__version__,
         "shape": {
             "batch": BATCH,

@@ -34,7 +34,7 @@ TINY_OVERRIDES = {
 @pytest.fixture(scope="module")
 def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("world") / "tiny"
-    return write_synthetic_movielens(directory, shape=SyntheticShape(60, 60, 1500), seed=3)
+    return write_synthetic_movielens(directory, shape=SyntheticShape(100, 60, 2500), seed=3)
 
 
 def tiny_config(directory: Path, **overrides):

@@ -24,13 +24,14 @@ def _first_bad_row(bad: torch.Tensor) -> int:
 
 
 def _check_logits(logits: torch.Tensor, name: str = "logits") -> None:
-    if logits.dim() != 2 or logits.size(1) == 0:
+    if logits.dim() != 2 or logits.size(0) == 0 or logits.size(1) == 0:
         raise ConfigError(
-            f"{name} must have shape (batch, n_items) with n_items ≥ 1, got {tuple(logits.shape)}"
+            f"{name} must have shape (batch ≥ 1, n_items ≥ 1), got {tuple(logits.shape)}"
         )
     if not logits.is_floating_point():
         raise ConfigError(f"{name} must be a floating-point tensor, got {logits.dtype}")
-    if not torch.isfinite(logits).all():
+    smallest, largest = torch.aminmax(logits.detach())  # one pass; NaN propagates to both
+    if not (torch.isfinite(smallest) and torch.isfinite(largest)):
         row = _first_bad_row(~torch.isfinite(logits))
         raise NumericsError(f"{name} row {row} has a NaN or infinite entry")
 
@@ -259,7 +260,7 @@ def two_stage_ips_loss(
             slates = sample_slates(probs, n_slates, slate_size, generator=generator)
         else:
             _check_slates(slates, batch, n_items)
-            slates = slates.sort(dim=2).values
+            slates = slates.long().sort(dim=2).values
         n_sets = slates.size(1)
         logged = actions.view(batch, 1, 1)
         # In a sorted slate the head of each run of equal items stands for one distinct item;

@@ -25,20 +25,19 @@ def _check_count(name: str, value: object, minimum: int) -> None:
 
 def _normalised_cdf(probs: torch.Tensor) -> torch.Tensor:
     """(batch, n_items) float64 CDF of each row, whose last entry is exactly 1."""
-    if probs.dim() != 2 or probs.size(1) == 0:
-        raise ConfigError(
-            f"probs must have shape (batch, n_items) with n_items ≥ 1, got {tuple(probs.shape)}"
-        )
+    if probs.dim() != 2 or probs.size(0) == 0 or probs.size(1) == 0:
+        shape = tuple(probs.shape)
+        raise ConfigError(f"probs must have shape (batch ≥ 1, n_items ≥ 1), got {shape}")
     if not probs.is_floating_point():
         raise ConfigError(f"probs must be a floating-point tensor, got {probs.dtype}")
-    # `~(p >= 0)` is also True for NaN.
-    bad = ~(probs >= 0) | torch.isinf(probs)
-    if bad.any():
+    smallest, largest = torch.aminmax(probs)  # one pass; NaN propagates to both
+    if not (smallest >= 0 and torch.isfinite(largest)):
+        bad = ~(probs >= 0) | torch.isinf(probs)  # `~(p >= 0)` is also True for NaN
         row = int(bad.any(dim=1).nonzero()[0, 0])
         raise NumericsError(
             f"probs row {row} has a negative, NaN or infinite entry; weights must be finite ≥ 0"
         )
-    cdf = probs.to(torch.float64).cumsum(dim=1)
+    cdf = probs.cumsum(dim=1, dtype=torch.float64)
     total = cdf[:, -1:]
     if not (total > 0).all():
         row = int((total[:, 0] <= 0).nonzero()[0, 0])
@@ -57,27 +56,41 @@ def _inverse_cdf(cdf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     Returns:
         (batch, n_draws) long. Items of zero weight are never returned.
     """
-    n_items = cdf.size(1)
-    # A power of two makes `x * n_buckets` exact, so the bucket bounds below hold without rounding.
-    n_buckets = 1 << max(n_items - 1, 1).bit_length()
+    batch, n_items = cdf.shape
+    # At least 4 buckets per item, so most uniforms land in a bucket that no CDF entry crosses and
+    # need no search at all. A power of two makes `x * n_buckets` exact: no rounding at the edges.
+    n_buckets = 1 << (max(n_items - 1, 1).bit_length() + 2)
     bucket_of_item = (cdf * n_buckets).long()  # in [0, n_buckets]; exact floor as cdf ≥ 0
-    counts = torch.zeros(
-        cdf.size(0), n_buckets + 1, dtype=torch.long, device=cdf.device
-    ).scatter_add_(1, bucket_of_item, torch.ones_like(bucket_of_item))
+    # int32 tables: half the memory traffic of int64, and n_items < 2**31.
+    counts = torch.zeros(batch, n_buckets + 1, dtype=torch.int32, device=cdf.device)
+    counts.scatter_add_(1, bucket_of_item, torch.ones_like(bucket_of_item, dtype=torch.int32))
     # below[g] = #{j : bucket_of_item[j] < g}. For u in bucket g every item of a lower bucket has
     # cdf ≤ u and every item of a higher bucket has cdf > u, so the answer lies in
-    # [below[g], below[g + 1]].
-    below = torch.nn.functional.pad(counts.cumsum(dim=1), (1, 0))
+    # [below[g], below[g] + counts[g]].
+    below = torch.empty(batch, n_buckets + 1, dtype=torch.int32, device=cdf.device)
+    below[:, 0] = 0
+    torch.cumsum(counts[:, :-1], dim=1, out=below[:, 1:])
     bucket = (u * n_buckets).long()
-    lo = below.gather(1, bucket)
-    hi = below.gather(1, bucket + 1)
-    widest = int(counts[:, :n_buckets].max())
-    for _ in range(widest.bit_length()):
-        mid = (lo + hi) // 2
-        right = cdf.gather(1, mid) <= u
+    found = below.gather(1, bucket).long()
+    width = counts.gather(1, bucket)
+    pending = width.view(-1).nonzero().squeeze(1)
+    if pending.numel() == 0:
+        return found
+    # Binary search, on the pending draws only, for the first index in [lo, hi] with cdf > u.
+    n_draws = u.size(1)
+    offset = pending.div(n_draws, rounding_mode="floor").mul_(n_items)  # row start in flat cdf
+    # index_select is much cheaper than advanced indexing on the CPU.
+    lo = found.view(-1).index_select(0, pending)
+    hi = lo + width.view(-1).index_select(0, pending)
+    target = u.reshape(-1).index_select(0, pending)
+    flat_cdf = cdf.reshape(-1)
+    for _ in range(int(width.max()).bit_length()):
+        mid = (lo + hi) >> 1
+        right = flat_cdf.index_select(0, offset + mid) <= target
         lo = torch.where(right, mid + 1, lo)
         hi = torch.where(right, hi, mid)
-    return lo
+    found.view(-1).index_copy_(0, pending, lo)
+    return found
 
 
 def _uniforms(

@@ -13,6 +13,7 @@ import torch
 from torch.nn import functional as F
 
 from twostage.data import Catalog, MovieLens
+from twostage.errors import ConfigError
 from twostage.models import ImpressionSimulator, Nominator, Ranker
 from twostage.pipeline.config import (
     PAPER_CUT,
@@ -198,11 +199,14 @@ def train_logging_policy(
     n_items = world.labels.shape[1]
     n_pairs = world.labels.numel()
     if config.n_train + config.n_val > n_pairs:
-        raise ValueError(f"the world has {n_pairs} pairs, fewer than n_train + n_val")
+        raise ConfigError(
+            f"The logging policy needs n_train + n_val = {config.n_train + config.n_val} distinct "
+            f"pairs, but the world has only {n_pairs:,}; use a larger dataset or smaller sizes."
+        )
     order = torch.from_numpy(numpy_rng(config.seed).permutation(n_pairs)[: config.n_train + config.n_val])
     users, items = (order // n_items).to(device), (order % n_items).to(device)
     labels = world.labels.reshape(-1)[order].float().to(device)
-    train, val = slice(0, config.n_train), slice(config.n_train, None)
+    val = slice(config.n_train, None)
     torch.manual_seed(config.seed)
     model = Nominator(catalog).to(device)
     opt = adagrad(model, config.lr, config.weight_decay)
