@@ -232,3 +232,42 @@ def test_reproduce_writes_every_output(tiny_world: Path, tmp_path: Path):
     assert meta["config"]["candidates"]["alpha"] == 1e-3
     assert list((out / "figures").glob("*.png"))
     assert load_movielens(tiny_world).synthetic
+
+
+def test_sweep_runs_each_cell_once_and_resumes(tiny_world: Path, tmp_path: Path):
+    from twostage.pipeline.sweep import parse_grid, sweep
+
+    grid = parse_grid(["alpha=0,0.1", "oracle_ranker=true"])
+    config = tiny_config(tiny_world, seeds=(0,))
+    summary = sweep(config, grid, tmp_path / "sweep", cache_dir=tmp_path / "cache", verbose=False)
+    assert set(summary.factor) == {"alpha", "oracle_ranker"}
+    assert set(summary[summary.factor == "alpha"].method) == {"2s"}
+    assert set(summary[summary.factor == "oracle_ranker"].method) == {"ce", "ips", "2s"}
+    assert (tmp_path / "sweep" / "figures" / "alpha.png").stat().st_size > 1000
+    run_file = tmp_path / "sweep" / "cells" / "alpha=0.1" / "runs" / "2s-seed0.json"
+    stamp = run_file.stat().st_mtime_ns
+    again = sweep(config, grid, tmp_path / "sweep", cache_dir=tmp_path / "cache", verbose=False)
+    assert run_file.stat().st_mtime_ns == stamp
+    assert again.equals(summary)
+
+
+def test_the_oracle_ranker_scores_by_the_simulators_truth(tiny_world: Path, tmp_path: Path):
+    config = tiny_config(tiny_world, ranker={"epochs": 1, "oracle": True})
+    prepared = prepare(config, cache=StageCache(tmp_path), verbose=False)
+    scores = prepared.context.ranker_scores
+    order = scores.argsort(dim=1)
+    assert torch.equal(order, prepared.world.probabilities_at_mean.argsort(dim=1))
+    # the oracle's top candidate is always a true positive when one exists in the catalogue
+    top = scores.argmax(1)
+    has_positive = prepared.world.truth.any(1)
+    assert prepared.world.truth[torch.arange(len(top)), top][has_positive].all()
+
+
+def test_sweep_grid_errors_are_clear():
+    from twostage.errors import ConfigError
+    from twostage.pipeline.sweep import parse_grid
+
+    with pytest.raises(ConfigError, match="NAME one of"):
+        parse_grid(["gamma=1"])
+    with pytest.raises(ConfigError, match="must be ints"):
+        parse_grid(["slate_size=ten"])

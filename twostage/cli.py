@@ -46,6 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="output directory (default runs/DATASET-PROFILE)")
     run.add_argument("--cache-dir", help="stage cache (default $TWOSTAGE_CACHE or the user cache)")
 
+    sweep = commands.add_parser("sweep", help="ablations: one factor at a time, cached and resumable")
+    sweep.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2",
+                       help="a factor and its values, e.g. alpha=0,1e-3,1e-1 (repeatable); names: "
+                            "alpha, slate_size, n_slates, temperature, cap, eval_k, epochs, "
+                            "weight_decay, ranker_epochs, oracle_ranker, positive_share")  # fmt: skip
+    for flag in ("--dataset", "--seeds", "--cache-dir"):
+        sweep.add_argument(flag)
+    sweep.add_argument("--profile", choices=["paper", "smoke"],
+                       default=os.environ.get("TWOSTAGE_PROFILE", "paper"))  # fmt: skip
+    sweep.add_argument("--device", default="auto")
+    sweep.add_argument("--threads", type=int, default=0)
+    sweep.add_argument("--out", required=True, help="output directory")
+
     summarize = commands.add_parser("summarize", help="rebuild the table and figures of a run")
     summarize.add_argument("out", help="an output directory of `twostage reproduce`")
     return parser
@@ -138,6 +151,33 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from twostage.pipeline.config import parse_seeds, profile_config, validate, with_overrides
+    from twostage.pipeline.sweep import parse_grid, sweep
+    from twostage.pipeline.training import resolve_device
+
+    grid = parse_grid(args.grid)
+    overrides: dict = {"device": args.device, "threads": args.threads}
+    if args.dataset:
+        overrides["dataset"] = args.dataset
+    if args.seeds:
+        overrides["seeds"] = parse_seeds(args.seeds)
+    config = with_overrides(profile_config(args.profile), overrides)
+    validate(config)
+    resolve_device(config.device)
+    _check_dataset(config.dataset)
+    if config.threads > 0:
+        import torch
+
+        torch.set_num_threads(config.threads)
+    summary = sweep(config, grid, args.out, cache_dir=args.cache_dir)
+    chosen = summary[(summary.metric == "Precision@10")]
+    print(chosen[["factor", "value", "method", "evaluation", "mean", "stderr", "n_seeds"]]
+          .to_string(index=False))  # fmt: skip
+    print(f"\nOutputs in {args.out}/: sweep.csv, figures/, cells/")
+    return 0
+
+
 def cmd_summarize(args: argparse.Namespace) -> int:
     from twostage import report
 
@@ -151,7 +191,8 @@ def cmd_summarize(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"data": cmd_data, "reproduce": cmd_reproduce, "summarize": cmd_summarize}
+    handlers = {"data": cmd_data, "reproduce": cmd_reproduce, "sweep": cmd_sweep,
+                "summarize": cmd_summarize}
     try:
         return handlers[args.command](args)
     except TwoStageError as err:

@@ -76,6 +76,9 @@ class RankerConfig:
     weight_decay: float = 1e-4
     shuffle: bool = False
     seed: int = 0
+    # Beyond the paper: re-rank with the simulator's own truth (logit of its probability at the
+    # user's mean timestamp) instead of the trained ranker — an upper bound for the second stage.
+    oracle: bool = False
 
 
 @dataclass(frozen=True)

@@ -130,7 +130,10 @@ def make_context(data: MovieLens, world: World, log: dict, ranker: dict,
                  config: ExperimentConfig, device: torch.device) -> Context:  # fmt: skip
     """The logged positives, the ranker's scores and the evaluator shared by all runs."""
     positive = log["rewards"] > 0
-    scores = ranker_scores(data.catalog, ranker["state"], world, device)
+    if config.ranker.oracle:
+        scores = torch.logit(world.probabilities_at_mean.double(), eps=1e-12).float()
+    else:
+        scores = ranker_scores(data.catalog, ranker["state"], world, device)
     users, items = log["users"][positive], log["items"][positive]
     evaluator = Evaluator(world.truth, users, items, scores, k=config.candidates.eval_k)
     n_val = validation_size(data.n_users)

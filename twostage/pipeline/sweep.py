@@ -1,0 +1,134 @@
+"""Ablations: one factor at a time around the paper's settings, reusing cached stages and runs.
+
+`twostage sweep --grid alpha=0,1e-3,1e-1 --grid weight_decay=0,1e-4 …` runs, for every value of
+every factor, the methods that factor affects over the chosen seeds. Each cell is an ordinary
+`reproduce`-style output folder (`OUT/cells/<factor>=<value>/`), so it resumes like one; the
+stages 1–5 it needs come from the shared stage cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from twostage.errors import ConfigError
+from twostage.pipeline.cache import StageCache, atomic_write_bytes, atomic_write_text
+from twostage.pipeline.config import ExperimentConfig, with_overrides
+
+
+@dataclass(frozen=True)
+class Factor:
+    """A sweepable setting: where it lives in the config, its type, and what it affects."""
+
+    stage: str
+    field: str
+    kind: type
+    methods: tuple[str, ...]
+
+
+FACTORS: dict[str, Factor] = {
+    "alpha": Factor("candidates", "alpha", float, ("2s",)),
+    "slate_size": Factor("candidates", "slate_size", int, ("2s",)),
+    "n_slates": Factor("candidates", "n_slates", int, ("2s",)),
+    "temperature": Factor("candidates", "temperature", float, ("2s",)),
+    "cap": Factor("candidates", "cap", float, ("ips", "2s")),
+    "eval_k": Factor("candidates", "eval_k", int, ("ce", "ips", "2s")),
+    "epochs": Factor("candidates", "epochs", int, ("ce", "ips", "2s")),
+    "weight_decay": Factor("candidates", "weight_decay", float, ("ce", "ips", "2s")),
+    "ranker_epochs": Factor("ranker", "epochs", int, ("ce", "ips", "2s")),
+    "oracle_ranker": Factor("ranker", "oracle", bool, ("ce", "ips", "2s")),
+    "positive_share": Factor("world", "positive_share", float, ("ce", "ips", "2s")),
+}
+
+
+def parse_grid(items: list[str]) -> dict[str, list]:
+    """`["alpha=0,1e-3", "epochs=20,60"]` → {"alpha": [0.0, 0.001], "epochs": [20, 60]}."""
+    grid: dict[str, list] = {}
+    for item in items:
+        name, _, values = item.partition("=")
+        if name not in FACTORS or not values:
+            raise ConfigError(f"--grid {item!r}: expected NAME=V1,V2,… with NAME one of "
+                              f"{', '.join(FACTORS)}.")  # fmt: skip
+        kind = FACTORS[name].kind
+        try:
+            parsed = [_parse(kind, v) for v in values.split(",")]
+        except ValueError:
+            raise ConfigError(f"--grid {item!r}: values must be {kind.__name__}s.") from None
+        grid[name] = parsed
+    if not grid:
+        raise ConfigError("sweep needs at least one --grid NAME=V1,V2,…")
+    return grid
+
+
+def _parse(kind: type, text: str):
+    if kind is bool:
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(text)
+        return text.lower() in ("true", "1")
+    return kind(text)
+
+
+def cell_config(base: ExperimentConfig, name: str, value) -> ExperimentConfig:
+    factor = FACTORS[name]
+    return with_overrides(base, {"methods": factor.methods, factor.stage: {factor.field: value}})
+
+
+def sweep(
+    base: ExperimentConfig, grid: dict[str, list], out_dir: str | Path, *,
+    cache_dir: str | Path | None = None, verbose: bool = True,
+) -> pd.DataFrame:  # fmt: skip
+    """Run every cell of `grid` and write `OUT/sweep.csv` and one figure per factor."""
+    from twostage import report
+    from twostage.pipeline.experiment import prepare, run_all
+
+    out_dir = Path(out_dir)
+    cache = StageCache(cache_dir)
+    frames = []
+    cells = [(name, value) for name, values in grid.items() for value in values]
+    for name, value in tqdm(cells, desc="sweep cells", disable=not verbose):
+        config = cell_config(base, name, value)
+        prepared = prepare(config, cache=cache, verbose=False)
+        results = run_all(prepared, config, out_dir / "cells" / f"{name}={value}", verbose=False)
+        table = report.summary_table(results)
+        table.insert(0, "value", str(value))
+        table.insert(0, "factor", name)
+        frames.append(table)
+    summary = pd.concat(frames, ignore_index=True)
+    atomic_write_text(out_dir / "sweep.csv", summary.to_csv(index=False))
+    for name in grid:
+        atomic_write_bytes(out_dir / "figures" / f"{name}.png",
+                           factor_figure(summary[summary.factor == name], name))  # fmt: skip
+    return summary
+
+
+def factor_figure(rows: pd.DataFrame, name: str, metric: str = "Precision@10") -> bytes:
+    """PNG bytes: test `metric` (mean ± standard error) per value, one- and two-stage."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(9, 3.6))
+    FigureCanvasAgg(figure)
+    values = list(dict.fromkeys(rows["value"]))
+    for ax, evaluation in zip(figure.subplots(1, 2, sharey=True), ("two-stage", "one-stage"),
+                              strict=True):  # fmt: skip
+        for method, group in rows[(rows.evaluation == evaluation) & (rows.metric == metric)].groupby(
+            "method", sort=False
+        ):
+            group = group.set_index("value").reindex(values)
+            ax.errorbar(range(len(values)), group["mean"] * 100, yerr=group["stderr"] * 100,
+                        marker="o", capsize=3, label=method)  # fmt: skip
+        ax.set_xticks(range(len(values)), values)
+        ax.set_xlabel(name)
+        ax.set_title(f"{evaluation} test {metric}")
+        ax.grid(alpha=0.3)
+    figure.axes[0].set_ylabel(f"{metric} (%)")
+    figure.axes[0].legend()
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    return buffer.getvalue()
