@@ -26,7 +26,9 @@ def test_tiny_ml1m_is_reindexed_from_one_in_file_order(tiny_ml1m: Path):
 def test_labels_are_rating_above_three_and_timestamps_min_max(tiny_ml1m: Path):
     data = load_movielens(tiny_ml1m)
     assert data.labels.tolist() == [1.0, 0.0, 1.0, 0.0, 1.0]
-    stamps = torch.tensor([978300760, 978302109, 978301968, 978300275, 978824291], dtype=torch.float64)
+    stamps = torch.tensor(
+        [978300760, 978302109, 978301968, 978300275, 978824291], dtype=torch.float64
+    )
     expected = (stamps - stamps.min()) / (stamps.max() - stamps.min())
     torch.testing.assert_close(data.timestamps.double(), expected, atol=1e-6, rtol=0)
 

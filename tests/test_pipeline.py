@@ -181,7 +181,9 @@ def _wait_for_runs(out: Path, count: int, process: subprocess.Popen, timeout: fl
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
-def test_a_killed_sweep_resumes_without_recomputing_and_matches(sig, tiny_world: Path, tmp_path: Path):
+def test_a_killed_sweep_resumes_without_recomputing_and_matches(
+    sig, tiny_world: Path, tmp_path: Path
+):
     out = tmp_path / "killed"
     process = subprocess.Popen(_cli(tmp_path, tiny_world, out), env=_env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
@@ -225,7 +227,13 @@ def test_two_processes_sharing_a_cache_do_not_corrupt_it(tiny_world: Path, tmp_p
 def test_reproduce_writes_every_output(tiny_world: Path, tmp_path: Path):
     out = reproduce(tiny_config(tiny_world), tmp_path / "out", cache_dir=tmp_path / "cache",
                     verbose=False)  # fmt: skip
-    for name in ("results.csv", "summary.md", "summary.csv", "run.json", "world_probabilities.json"):
+    for name in (
+        "results.csv",
+        "summary.md",
+        "summary.csv",
+        "run.json",
+        "world_probabilities.json",
+    ):
         assert (out / name).is_file(), name
     meta = json.loads((out / "run.json").read_text())
     assert meta["synthetic"] is True and meta["data"]["fingerprint"]

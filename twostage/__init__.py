@@ -4,7 +4,13 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from twostage.errors import ConfigError, DataFormatError, DownloadError, NumericsError, TwoStageError
+from twostage.errors import (
+    ConfigError,
+    DataFormatError,
+    DownloadError,
+    NumericsError,
+    TwoStageError,
+)
 
 __all__ = [
     "__version__",

@@ -34,11 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
                      default=os.environ.get("TWOSTAGE_PROFILE", "paper"),
                      help="paper: the full protocol (default, or $TWOSTAGE_PROFILE); smoke: small and fast")  # fmt: skip
     run.add_argument("--seeds", help="a count (20), a range (0-4) or a list (1,3,7)")
-    run.add_argument("--methods", help="comma-separated subset of ce,ips,2s")
+    run.add_argument("--methods", help="comma-separated subset of ce,ips,2s,ips-topk "
+                                       "(default ce,ips,2s)")  # fmt: skip
     run.add_argument("--alpha", type=float, help="2-IPS weight of the other-items term (1e-3)")
     run.add_argument("--cut", type=float, help="probability cut that labels the world")
     run.add_argument("--positive-share", type=float, help="label the top share of pairs instead")
     run.add_argument("--epochs", type=int, help="candidate-generator epochs (20)")
+    run.add_argument("--propensity", choices=["single", "inclusion"],
+                     help="logged propensity: single-draw softmax (the paper's, default) or "
+                          "P(item among the K shown), by Monte Carlo")  # fmt: skip
     run.add_argument("--device", default="auto", help="auto, cpu or cuda")
     run.add_argument("--threads", type=int, default=0,
                      help="CPU threads for torch (default: torch's choice; 1 is often fastest "
@@ -58,6 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--device", default="auto")
     sweep.add_argument("--threads", type=int, default=0)
     sweep.add_argument("--out", required=True, help="output directory")
+
+    evaluate = commands.add_parser(
+        "evaluate", help="off-policy estimates (IPS, SNIPS, two-stage) of a run's policies "
+                         "against their true values: OUT/ope.csv, OUT/ope.md")  # fmt: skip
+    evaluate.add_argument("out", help="an output directory of `twostage reproduce`")
+    evaluate.add_argument("--cache-dir", help="the stage cache the run used")
+    evaluate.add_argument("--n-slates", type=int, default=200,
+                          help="candidate sets per user for the two-stage policy (200)")  # fmt: skip
 
     summarize = commands.add_parser("summarize", help="rebuild the table and figures of a run")
     summarize.add_argument("out", help="an output directory of `twostage reproduce`")
@@ -118,6 +130,8 @@ def experiment_config(args: argparse.Namespace):
         world["positive_share"] = args.positive_share
     if world:
         overrides["world"] = world
+    if args.propensity is not None:
+        overrides["bandit"] = {"propensity": args.propensity}
     config = with_overrides(config, overrides)
     validate(config)
     resolve_device(config.device)
@@ -178,6 +192,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from twostage.errors import ConfigError
+    from twostage.pipeline.offpolicy import evaluate
+
+    if args.n_slates < 1:
+        raise ConfigError(f"--n-slates must be ≥ 1, got {args.n_slates}.")
+    out = evaluate(args.out, cache_dir=args.cache_dir, n_slates=args.n_slates)
+    print((out / "ope.md").read_text())
+    print(f"Outputs in {out}/: ope.csv, ope.md")
+    return 0
+
+
 def cmd_summarize(args: argparse.Namespace) -> int:
     from twostage import report
 
@@ -192,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"data": cmd_data, "reproduce": cmd_reproduce, "sweep": cmd_sweep,
-                "summarize": cmd_summarize}
+                "summarize": cmd_summarize, "evaluate": cmd_evaluate}
     try:
         return handlers[args.command](args)
     except TwoStageError as err:

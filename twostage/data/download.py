@@ -60,7 +60,8 @@ def _offline_message(name: str, target: Path, reason: str) -> str:
     return (
         f"Could not download MovieLens {name!r} ({reason}). "
         f"Alternatives: unpack the official {name}.zip yourself and pass its directory "
-        f"(`--dataset /path/to/{name}` or `load_movielens('/path/to/{name}')`), put it at {target}, "
+        f"(`--dataset /path/to/{name}` or `load_movielens('/path/to/{name}')`), "
+        f"put it at {target}, "
         "or use the offline synthetic world (`--dataset synthetic`)."
     )
 
@@ -94,7 +95,9 @@ def fetch_movielens(name: str, cache_dir: str | Path | None = None) -> Path:
                 f"the file was removed. ({err})"
             ) from err
         except Exception as err:  # network errors come in many types (requests, OSError, ...)
-            raise DownloadError(_offline_message(name, target, f"{type(err).__name__}: {err}")) from err
+            raise DownloadError(
+                _offline_message(name, target, f"{type(err).__name__}: {err}")
+            ) from err
         unpacked = workdir / "unpacked"
         with zipfile.ZipFile(zip_path) as zf:
             zf.extractall(unpacked)

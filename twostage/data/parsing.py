@@ -116,7 +116,9 @@ def check_unique_ids(path: Path, ids: np.ndarray, name: str) -> None:
     duplicated = pd.Index(ids).duplicated()
     if duplicated.any():
         row = int(np.flatnonzero(duplicated)[0])
-        raise DataFormatError(path, f"{name} {ids[row]} appears twice; expected unique ids", row + 1)
+        raise DataFormatError(
+            path, f"{name} {ids[row]} appears twice; expected unique ids", row + 1
+        )
 
 
 def lookup_rows(

@@ -9,6 +9,7 @@ import torch
 from twostage.data import Catalog
 from twostage.evaluation import Evaluator
 from twostage.losses import cross_entropy_loss, ips_loss, two_stage_ips_loss
+from twostage.losses_topk import topk_ips_loss
 from twostage.models import Nominator
 from twostage.pipeline.config import CandidateConfig
 from twostage.pipeline.training import adagrad, batches, check_finite, seeded
@@ -31,6 +32,7 @@ class Context:
     evaluator: Evaluator
     val_users: torch.Tensor
     test_users: torch.Tensor
+    k: int = 5  # items per user in the bandit log (the Top-K IPS correction's K)
 
 
 def validation_size(n_users: int) -> int:
@@ -41,11 +43,15 @@ def validation_size(n_users: int) -> int:
 def method_loss(
     method: str, logits: torch.Tensor, items: torch.Tensor, propensities: torch.Tensor,
     ranker_logits: torch.Tensor, config: CandidateConfig, generator: torch.Generator,
+    k: int = 5,
 ) -> torch.Tensor:  # fmt: skip
+    """The loss of `method`; `k` is the bandit log's items per user (used by "ips-topk")."""
     if method == "ce":
         return cross_entropy_loss(logits, items)
     if method == "ips":
         return ips_loss(logits, items, propensities, cap=config.cap, floor=config.floor)
+    if method == "ips-topk":
+        return topk_ips_loss(logits, items, propensities, k=k, cap=config.cap, floor=config.floor)
     if method == "2s":
         return two_stage_ips_loss(
             logits, items, propensities, ranker_logits, alpha=config.alpha,
@@ -83,7 +89,10 @@ def train_candidate_generator(
     method: str, seed: int, context: Context, config: CandidateConfig, device: torch.device,
     progress=None,
 ) -> dict:  # fmt: skip
-    """Train one candidate generator; returns {"rows": per-epoch results, "best_epoch": int}.
+    """Train one candidate generator.
+
+    Returns {"rows": per-epoch results, "best_epoch": int, "state": the model's state dict
+    (on the CPU) at the best epoch}.
 
     Batches follow the log order without shuffling and drop the last partial batch (the
     paper's code) unless `config.shuffle`. The best epoch is the one with the highest
@@ -99,6 +108,7 @@ def train_candidate_generator(
     ranker_scores = context.ranker_scores.to(device) if method == "2s" else None
     rows: list[dict] = []
     best_epoch, best_value = 0, float("-inf")
+    best_state: dict[str, torch.Tensor] = {}
     for epoch in range(config.epochs):
         for step, idx in enumerate(batches(len(users), config.batch_size, shuffle=config.shuffle,
                                            generator=generator, drop_last=True)):  # fmt: skip
@@ -107,7 +117,7 @@ def train_candidate_generator(
             logits = model.score_all(batch_users)
             ranker_logits = ranker_scores[batch_users] if ranker_scores is not None else None
             loss = method_loss(method, logits, items[idx], propensities[idx], ranker_logits,
-                               config, device_generator)  # fmt: skip
+                               config, device_generator, k=context.k)  # fmt: skip
             check_finite(loss, stage=f"candidate generator {method} seed {seed}", epoch=epoch,
                          step=step)  # fmt: skip
             opt.zero_grad()
@@ -121,6 +131,7 @@ def train_candidate_generator(
                         and r["evaluation"] == "two-stage" and r["metric"] == config.select_metric)  # fmt: skip
         if selected > best_value:
             best_epoch, best_value = epoch, selected
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         if progress is not None:
             progress.update(1)
-    return {"rows": rows, "best_epoch": best_epoch}
+    return {"rows": rows, "best_epoch": best_epoch, "state": best_state}

@@ -14,8 +14,10 @@ from typing import Any
 from twostage.errors import ConfigError
 
 PAPER_CUT = 0.764506  # the paper's probability cut on ML-1M
-METHODS = ("ce", "ips", "2s")
-METHOD_NAMES = {"ce": "Cross-entropy", "ips": "1-IPS", "2s": "2-IPS"}
+METHODS = ("ce", "ips", "2s")  # the paper's methods: the default runs
+ALL_METHODS = (*METHODS, "ips-topk")  # every method `--methods` accepts
+METHOD_NAMES = {"ce": "Cross-entropy", "ips": "1-IPS", "2s": "2-IPS", "ips-topk": "Top-K IPS"}
+PROPENSITIES = ("single", "inclusion")
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,10 @@ class BanditConfig:
 
     k: int = 5
     seed: int = 0
+    # "single": the first draw's softmax probability, as the paper's log. Beyond the paper,
+    # "inclusion": P(item among the K shown), by Monte Carlo with `inclusion_samples` sets per user.
+    propensity: str = "single"
+    inclusion_samples: int = 2000
 
 
 @dataclass(frozen=True)
@@ -152,6 +158,18 @@ def with_overrides(config: ExperimentConfig, overrides: dict[str, Any]) -> Exper
     return replace(config, **changes)
 
 
+def config_from_dict(values: dict[str, Any]) -> ExperimentConfig:
+    """The ExperimentConfig of `ExperimentConfig.to_dict()` output (e.g. `run.json`'s "config").
+
+    Settings missing from `values` (an older run) keep their defaults; unknown ones are refused.
+    """
+    values = dict(values)
+    for name in ("methods", "seeds"):
+        if name in values:
+            values[name] = tuple(values[name])
+    return with_overrides(ExperimentConfig(), values)
+
+
 def profile_config(profile: str) -> ExperimentConfig:
     """The defaults with the overrides of `profile` (`paper` or `smoke`)."""
     if profile not in PROFILES:
@@ -180,10 +198,11 @@ def parse_seeds(text: str) -> tuple[int, ...]:
 
 def parse_methods(text: str | tuple[str, ...]) -> tuple[str, ...]:
     methods = tuple(m.strip() for m in text.split(",")) if isinstance(text, str) else tuple(text)
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in ALL_METHODS]
     if unknown or not methods:
         raise ConfigError(
-            f"Unknown method(s) {unknown}: expected a comma-separated list of {', '.join(METHODS)}."
+            f"Unknown method(s) {unknown}: expected a comma-separated list of "
+            f"{', '.join(ALL_METHODS)}."
         )
     return methods
 
@@ -207,6 +226,13 @@ def validate(config: ExperimentConfig) -> None:
         raise ConfigError(f"--positive-share must be in (0, 1), got {w.positive_share}.")
     if w.cut is not None and w.positive_share is not None:
         raise ConfigError("Give either --cut or --positive-share, not both.")
+    b = config.bandit
+    if b.propensity not in PROPENSITIES:
+        raise ConfigError(
+            f"--propensity {b.propensity!r}: expected one of {', '.join(PROPENSITIES)}."
+        )
+    if b.inclusion_samples < 1:
+        raise ConfigError(f"bandit.inclusion_samples must be ≥ 1, got {b.inclusion_samples}.")
     parse_methods(config.methods)
     if not config.seeds:
         raise ConfigError("No seeds to run.")

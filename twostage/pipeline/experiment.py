@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import platform
 import time
@@ -17,7 +18,7 @@ from tqdm.auto import tqdm
 import twostage
 from twostage.data import MovieLens, load_movielens
 from twostage.evaluation import Evaluator
-from twostage.pipeline.cache import StageCache, atomic_write_text, stable_key
+from twostage.pipeline.cache import StageCache, atomic_write_bytes, atomic_write_text, stable_key
 from twostage.pipeline.candidates import Context, train_candidate_generator, validation_size
 from twostage.pipeline.config import ExperimentConfig, validate
 from twostage.pipeline.stages import (
@@ -146,6 +147,7 @@ def make_context(data: MovieLens, world: World, log: dict, ranker: dict,
         evaluator=evaluator,
         val_users=torch.arange(n_val),
         test_users=torch.arange(n_val, data.n_users),
+        k=int(log["k"]),
     )
 
 
@@ -157,7 +159,8 @@ def run_key(prepared: Prepared, config: ExperimentConfig, method: str, seed: int
 def run_all(
     prepared: Prepared, config: ExperimentConfig, out_dir: Path, *, verbose: bool = True
 ) -> pd.DataFrame:
-    """Every (method, seed) run, each stored in `out_dir/runs/` as soon as it finishes.
+    """Every (method, seed) run, each stored in `out_dir/runs/` as soon as it finishes:
+    `<method>-seed<k>.json` (results) and `<method>-seed<k>.pt` (model state at the best epoch).
 
     A run whose file exists with the same key is not recomputed: an interrupted sweep resumes.
     """
@@ -181,6 +184,10 @@ def run_all(
                                                    prepared.device, progress=bar)  # fmt: skip
                 result.update(key=key, method=method, seed=seed,
                               seconds=round(time.perf_counter() - start, 3))  # fmt: skip
+                buffer = io.BytesIO()
+                torch.save(result.pop("state"), buffer)
+                # The model first: a finished run's .json implies its .pt.
+                atomic_write_bytes(path.with_suffix(".pt"), buffer.getvalue())
                 atomic_write_text(path, json.dumps(result))
             frame = pd.DataFrame(result["rows"])
             frame["method"], frame["seed"], frame["best_epoch"] = method, seed, result["best_epoch"]

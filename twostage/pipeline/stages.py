@@ -31,6 +31,7 @@ from twostage.pipeline.training import (
     numpy_rng,
     seeded,
 )
+from twostage.propensity import inclusion_probabilities
 
 
 # ---------------------------------------------------------------- 1. impression simulator
@@ -236,8 +237,10 @@ def sample_bandit_log(
 
     Gumbel-top-k draws all users at once; it has exactly the distribution of K successive draws
     without replacement. The logged propensity is the single-draw softmax probability, as the
-    paper's code (not the probability that the item is among the K).
-    Returns users, items, propensities, rewards, timestamps: (n_users * K,), in user order.
+    paper's code (not the probability that the item is among the K), unless
+    `config.propensity == "inclusion"` (see `twostage.propensity`).
+    Returns users, items, propensities, single_propensities, rewards, timestamps:
+    (n_users * K,), in user order; with "inclusion" also inclusion_propensities, inclusion_stderr.
     """
     policy = Nominator(catalog)
     policy.load_state_dict(policy_state)
@@ -250,14 +253,27 @@ def sample_bandit_log(
     gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-300)))
     items = torch.topk(log_probs + gumbel, config.k, dim=1).indices  # (n_users, K), draw order
     users = torch.arange(n_users)[:, None].expand_as(items)
-    return {
+    single = log_probs.exp().gather(1, items)
+    log = {
         "users": users.reshape(-1).clone(),
         "items": items.reshape(-1).clone(),
-        "propensities": log_probs.exp().gather(1, items).reshape(-1).float(),
+        "propensities": single.reshape(-1).float(),
+        "single_propensities": single.reshape(-1).float(),
         "rewards": world.labels[users, items].reshape(-1).float(),
         "timestamps": world.timestamps[users, items].reshape(-1).clone(),
         "k": config.k,
     }
+    if config.propensity == "inclusion":
+        # Its own generator, so the log's draws are the same with either propensity.
+        estimate, stderr = inclusion_probabilities(
+            log_probs.exp(), items, config.k, n_samples=config.inclusion_samples,
+            generator=seeded(config.seed + 1_000_003),
+        )  # fmt: skip
+        # P(a ∈ S) ≥ P(a drawn first): the bound keeps a propensity below MC resolution positive.
+        log["inclusion_propensities"] = torch.maximum(estimate, single).reshape(-1).float()
+        log["inclusion_stderr"] = stderr.reshape(-1).float()
+        log["propensities"] = log["inclusion_propensities"]
+    return log
 
 
 # ---------------------------------------------------------------- 5. ranker

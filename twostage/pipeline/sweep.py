@@ -116,9 +116,9 @@ def factor_figure(rows: pd.DataFrame, name: str, metric: str = "Precision@10") -
     values = list(dict.fromkeys(rows["value"]))
     for ax, evaluation in zip(figure.subplots(1, 2, sharey=True), ("two-stage", "one-stage"),
                               strict=True):  # fmt: skip
-        for method, group in rows[(rows.evaluation == evaluation) & (rows.metric == metric)].groupby(
-            "method", sort=False
-        ):
+        for method, group in rows[
+            (rows.evaluation == evaluation) & (rows.metric == metric)
+        ].groupby("method", sort=False):
             group = group.set_index("value").reindex(values)
             ax.errorbar(range(len(values)), group["mean"] * 100, yerr=group["stderr"] * 100,
                         marker="o", capsize=3, label=method)  # fmt: skip

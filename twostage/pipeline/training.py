@@ -24,7 +24,11 @@ def resolve_device(device: str) -> torch.device:
 
 
 def batches(
-    n: int, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None,
+    n: int,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    generator: torch.Generator | None = None,
     drop_last: bool = False,
 ) -> Iterator[torch.Tensor]:
     """Index tensors of each batch over `range(n)`, optionally in a seeded random order."""
