@@ -24,7 +24,7 @@ from twostage.errors import DataFormatError
 RESULT_COLUMNS = ["dataset", "method", "seed", "epoch", "split", "evaluation", "metric", "value",
                   "best_epoch"]  # fmt: skip
 SUMMARY_COLUMNS = ["method", "evaluation", "metric", "mean", "stderr", "n_seeds", "gain_vs_ce_pct"]
-METHOD_NAMES = {"ce": "Cross-entropy", "ips": "1-IPS", "2s": "2-IPS"}
+METHOD_NAMES = {"ce": "Cross-entropy", "ips": "1-IPS", "2s": "2-IPS", "ips-topk": "Top-K IPS"}
 EVALUATIONS = ["two-stage", "one-stage"]
 METRICS = ["Precision@1", "Precision@5", "Precision@10", "Recall@1", "Recall@5", "Recall@10",
            "NDCG@5", "NDCG@10", "NDCG@20", "reward"]  # fmt: skip

@@ -34,7 +34,7 @@ FACTORS: dict[str, Factor] = {
     "slate_size": Factor("candidates", "slate_size", int, ("2s",)),
     "n_slates": Factor("candidates", "n_slates", int, ("2s",)),
     "temperature": Factor("candidates", "temperature", float, ("2s",)),
-    "cap": Factor("candidates", "cap", float, ("ips", "2s")),
+    "cap": Factor("candidates", "cap", float, ("ips", "ips-topk", "2s")),
     "eval_k": Factor("candidates", "eval_k", int, ("ce", "ips", "2s")),
     "epochs": Factor("candidates", "epochs", int, ("ce", "ips", "2s")),
     "weight_decay": Factor("candidates", "weight_decay", float, ("ce", "ips", "2s")),
