@@ -34,9 +34,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = with_overrides(profile_config("paper"),
-                            {"dataset": args.dataset, "device": "cpu",
-                             "candidates": {"epochs": args.epochs}})  # fmt: skip
+    config = with_overrides(
+        profile_config("paper"),
+        {"dataset": args.dataset, "device": "cpu", "candidates": {"epochs": args.epochs}},
+    )
     start = time.perf_counter()
     data = load_movielens(config.dataset)
     load_seconds = time.perf_counter() - start

@@ -63,9 +63,15 @@ def test_ml1m_cardinalities_match_the_papers_constants(tmp_path: Path):
     (directory / "ratings.dat").write_text("1::1193::5::978300760\n6040::3952::2::978824291\n")
     data = load_movielens(directory)
     assert data.catalog.cardinalities() == {
-        "users": 6040, "items": 3883, "genders": 2, "ages": 7, "occupations": 21,
-        "zips": 3439, "years": 81, "genres": 18,
-    }  # fmt: skip
+        "users": 6040,
+        "items": 3883,
+        "genders": 2,
+        "ages": 7,
+        "occupations": 21,
+        "zips": 3439,
+        "years": 81,
+        "genres": 18,
+    }
 
 
 @needs(ML100K)
@@ -104,43 +110,73 @@ def test_ml100k_users_are_reordered_to_the_papers_feature_order():
 BAD_CASES = {
     "missing ratings file": (dict(ratings=None), "ratings.dat", None, "file not found"),
     "wrong separator": (
-        dict(ratings="1,1,5,978300760\n"), "ratings.dat", 1, "found 1 field; expected 4",
+        dict(ratings="1,1,5,978300760\n"),
+        "ratings.dat",
+        1,
+        "found 1 field; expected 4",
     ),
     "truncated line": (
-        dict(ratings=RATINGS_DAT + "2::5::4\n"), "ratings.dat", 6, "found 3 fields",
+        dict(ratings=RATINGS_DAT + "2::5::4\n"),
+        "ratings.dat",
+        6,
+        "found 3 fields",
     ),
     "too many fields": (
-        dict(ratings="1::1::5::978300760::9\n"), "ratings.dat", 1, "expected 4",
+        dict(ratings="1::1::5::978300760::9\n"),
+        "ratings.dat",
+        1,
+        "expected 4",
     ),
     "non-numeric": (
-        dict(ratings="1::1::five::978300760\n"), "ratings.dat", 1, "expected an integer",
+        dict(ratings="1::1::five::978300760\n"),
+        "ratings.dat",
+        1,
+        "expected an integer",
     ),
     "rating out of range": (
-        dict(ratings=RATINGS_DAT + "2::5::6::978300760\n"), "ratings.dat", 6, "from 1 to 5",
+        dict(ratings=RATINGS_DAT + "2::5::6::978300760\n"),
+        "ratings.dat",
+        6,
+        "from 1 to 5",
     ),
     "unknown user": (
-        dict(ratings="9::1::5::978300760\n"), "ratings.dat", 1, "UserID 9 has no row",
+        dict(ratings="9::1::5::978300760\n"),
+        "ratings.dat",
+        1,
+        "UserID 9 has no row",
     ),
     "unknown movie": (
-        dict(ratings="1::1::5::978300760\n1::2::5::978300760\n"), "ratings.dat", 2,
+        dict(ratings="1::1::5::978300760\n1::2::5::978300760\n"),
+        "ratings.dat",
+        2,
         "MovieID 2 has no row",
     ),
     "unknown genre": (
-        dict(movies=MOVIES_DAT + "8::Space (1999)::Sci-Fi|Space Opera\n"), "movies.dat", 4,
+        dict(movies=MOVIES_DAT + "8::Space (1999)::Sci-Fi|Space Opera\n"),
+        "movies.dat",
+        4,
         "'Space Opera' is not an ML-1M genre",
     ),
     "undecodable bytes": (
-        dict(ratings=RATINGS_DAT.encode() + b"2::7::4::97830\xe91968\n"), "ratings.dat", 6,
+        dict(ratings=RATINGS_DAT.encode() + b"2::7::4::97830\xe91968\n"),
+        "ratings.dat",
+        6,
         "undecodable byte",
     ),
     "duplicate user": (
-        dict(users=USERS_DAT + "2::F::18::3::12345\n"), "users.dat", 4, "appears twice",
+        dict(users=USERS_DAT + "2::F::18::3::12345\n"),
+        "users.dat",
+        4,
+        "appears twice",
     ),
     "bad gender": (
-        dict(users=USERS_DAT.replace("2::M", "2::X")), "users.dat", 2, "expected M or F",
+        dict(users=USERS_DAT.replace("2::M", "2::X")),
+        "users.dat",
+        2,
+        "expected M or F",
     ),
     "empty file": (dict(ratings=""), "ratings.dat", None, "empty"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", list(BAD_CASES))

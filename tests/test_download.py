@@ -19,8 +19,11 @@ from twostage.errors import DownloadError
 def make_zip() -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as zf:
-        for name, text in (("users.dat", USERS_DAT), ("movies.dat", MOVIES_DAT),
-                           ("ratings.dat", RATINGS_DAT)):  # fmt: skip
+        for name, text in (
+            ("users.dat", USERS_DAT),
+            ("movies.dat", MOVIES_DAT),
+            ("ratings.dat", RATINGS_DAT),
+        ):
             zf.writestr(f"ml-1m/{name}", text)
     return buffer.getvalue()
 

@@ -77,8 +77,9 @@ def test_simulator_accepts_one_timestamp_per_pair(catalog: Catalog):
     times = torch.rand(2, catalog.n_items)
     scores = model.score_all(users, times)
     items = torch.arange(catalog.n_items)
-    torch.testing.assert_close(model(users[1].repeat(catalog.n_items), items, times[1]), scores[1],
-                               atol=1e-5, rtol=1e-5)  # fmt: skip
+    torch.testing.assert_close(
+        model(users[1].repeat(catalog.n_items), items, times[1]), scores[1], atol=1e-5, rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("model_class", [ImpressionSimulator, Nominator, Ranker])

@@ -138,12 +138,26 @@ def test_nbval_fails_when_a_checked_number_changes(tmp_path: Path):
     assert changed == 1
     nbformat.write(source, tmp_path / "altered.ipynb")
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval",
-         "--nbval-current-env", "--nbval-sanitize-with", str(NOTEBOOKS / "nbval_sanitize.cfg"),
-         "unchanged.ipynb", "altered.ipynb"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--nbval",
+            "--nbval-current-env",
+            "--nbval-sanitize-with",
+            str(NOTEBOOKS / "nbval_sanitize.cfg"),
+            "unchanged.ipynb",
+            "altered.ipynb",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "TWOSTAGE_PROFILE": "smoke"},
-    )  # fmt: skip
+    )
     # One cell fails (the unchanged copy passes), and on the changed number.
     assert result.returncode != 0
     assert re.search(r"\b1 failed, \d+ passed", result.stdout), result.stdout[-3000:]

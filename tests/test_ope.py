@@ -57,9 +57,14 @@ def _simulate_logs(logging: torch.Tensor, k: int, n_logs: int, seed: int) -> tor
     return torch.topk(logging.log() + gumbel, k, dim=2).indices
 
 
-@pytest.mark.parametrize("k, propensity, unbiased", [
-    (1, "single", True), (3, "inclusion", True), (3, "single", False),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "k, propensity, unbiased",
+    [
+        (1, "single", True),
+        (3, "inclusion", True),
+        (3, "single", False),
+    ],
+)
 def test_ips_is_unbiased_with_the_impressions_true_propensity(k, propensity, unbiased):
     g = torch.Generator().manual_seed(0)
     n_users, n_items, n_logs = 3, 5, 20_000
@@ -106,9 +111,14 @@ def test_two_stage_probabilities_sum_to_one_and_match_enumeration():
     labels = torch.rand(3, 4, generator=g) < 0.5
     generator = torch.Generator().manual_seed(1)
     policy = two_stage_policy(
-        candidate, ranker, slate_size=3, n_slates=20_000, labels=labels, generator=generator,
+        candidate,
+        ranker,
+        slate_size=3,
+        n_slates=20_000,
+        labels=labels,
+        generator=generator,
         chunk_users=2,
-    )  # fmt: skip
+    )
     exact = _exact_two_stage(candidate, ranker, 3)
     assert torch.allclose(policy.probs.sum(1), torch.ones(3, dtype=torch.float64))
     assert torch.allclose(exact.sum(1), torch.ones(3, dtype=torch.float64))
@@ -120,8 +130,13 @@ def test_two_stage_probabilities_sum_to_one_and_match_enumeration():
 
 def test_a_one_item_candidate_set_shows_the_generators_draw():
     candidate = torch.softmax(torch.randn(2, 6, dtype=torch.float64), 1)
-    policy = two_stage_policy(candidate, torch.randn(2, 6), slate_size=1, n_slates=30_000,
-                              generator=torch.Generator().manual_seed(0))  # fmt: skip
+    policy = two_stage_policy(
+        candidate,
+        torch.randn(2, 6),
+        slate_size=1,
+        n_slates=30_000,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert torch.allclose(policy.probs, candidate, atol=0.01)
 
 
@@ -168,8 +183,9 @@ def test_evaluating_the_logging_policy_by_itself_recovers_the_logs_mean_reward(e
     config, root, out = evaluated
     prepared = prepare(config, cache=StageCache(root / "cache"), verbose=False)
     frame = pd.read_csv(out / "ope.csv")
-    row = frame[(frame.method == "logging") & (frame.estimator == "ips")
-                & (frame.propensity == "single")].iloc[0]  # fmt: skip
+    row = frame[
+        (frame.method == "logging") & (frame.estimator == "ips") & (frame.propensity == "single")
+    ].iloc[0]
     # every weight is π(a)/π(a) = 1, so IPS is the log's mean reward
     assert row.estimate == pytest.approx(prepared.log["rewards"].mean().item(), rel=1e-6)
 
@@ -192,8 +208,11 @@ def test_the_inclusion_log_and_the_saved_best_epoch_models(evaluated):
             with torch.no_grad():
                 scores = model.eval().score_all(torch.arange(prepared.data.n_users))
             run = results[(results.method == method) & (results.seed == seed)]
-            best = run[(run.epoch == run.best_epoch) & (run.metric == "reward")
-                       & (run.evaluation == "one-stage")].value.item()  # fmt: skip
+            best = run[
+                (run.epoch == run.best_epoch)
+                & (run.metric == "reward")
+                & (run.evaluation == "one-stage")
+            ].value.item()
             assert prepared.context.evaluator.one_stage_reward(scores) == pytest.approx(best)
 
 

@@ -67,10 +67,16 @@ def test_cached_stages_are_reused_and_a_changed_setting_rebuilds_only_downstream
     assert all(again.cached.values())
     assert torch.equal(again.world.probabilities, first.world.probabilities)
     changed = prepare(tiny_config(tiny_world, ranker={"epochs": 2}), cache=cache, verbose=False)
-    assert changed.cached == {"simulator": True, "world": True, "logging_policy": True,
-                              "bandit_log": True, "ranker": False}  # fmt: skip
-    world_changed = prepare(tiny_config(tiny_world, world={"positive_share": 0.2}), cache=cache,
-                            verbose=False)  # fmt: skip
+    assert changed.cached == {
+        "simulator": True,
+        "world": True,
+        "logging_policy": True,
+        "bandit_log": True,
+        "ranker": False,
+    }
+    world_changed = prepare(
+        tiny_config(tiny_world, world={"positive_share": 0.2}), cache=cache, verbose=False
+    )
     assert world_changed.cached["simulator"] and not world_changed.cached["world"]
     assert not world_changed.cached["ranker"]
 
@@ -106,8 +112,9 @@ def test_best_epoch_maximises_validation_two_stage_precision(tiny_world: Path, t
     prepared = prepare(config, cache=StageCache(tmp_path), verbose=False)
     results = run_all(prepared, config, tmp_path / "out", verbose=False)
     for (_method, _seed), run in results.groupby(["method", "seed"]):
-        sel = run[(run.split == "val") & (run.evaluation == "two-stage")
-                  & (run.metric == "Precision@10")].sort_values("epoch")  # fmt: skip
+        sel = run[
+            (run.split == "val") & (run.evaluation == "two-stage") & (run.metric == "Precision@10")
+        ].sort_values("epoch")
         assert run.best_epoch.iloc[0] == int(sel.value.to_numpy().argmax())
 
 
@@ -159,9 +166,26 @@ def test_bad_data_through_the_cli_gives_one_paragraph_and_status_2(tmp_path: Pat
 
 # ---------------------------------------------------------------- real processes
 def _cli(tmp_path: Path, world: Path, out: Path, seeds: str = "0-3") -> list[str]:
-    return [sys.executable, "-m", "twostage", "reproduce", "--profile", "smoke", "--dataset",
-            str(world), "--seeds", seeds, "--epochs", "2", "--out", str(out),
-            "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "twostage",
+        "reproduce",
+        "--profile",
+        "smoke",
+        "--dataset",
+        str(world),
+        "--seeds",
+        seeds,
+        "--epochs",
+        "2",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--device",
+        "cpu",
+    ]
 
 
 def _env() -> dict[str, str]:
@@ -185,8 +209,12 @@ def test_a_killed_sweep_resumes_without_recomputing_and_matches(
     sig, tiny_world: Path, tmp_path: Path
 ):
     out = tmp_path / "killed"
-    process = subprocess.Popen(_cli(tmp_path, tiny_world, out), env=_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    process = subprocess.Popen(
+        _cli(tmp_path, tiny_world, out),
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     _wait_for_runs(out, 2, process)
     process.send_signal(sig)
     process.wait(timeout=60)
@@ -194,15 +222,21 @@ def test_a_killed_sweep_resumes_without_recomputing_and_matches(
     assert finished and not (out / "results.csv").exists()
     for path in (out / "runs").glob("*.json"):
         json.loads(path.read_text())  # every stored run is whole
-    resumed = subprocess.run(_cli(tmp_path, tiny_world, out), env=_env(), capture_output=True,
-                             text=True, timeout=300)  # fmt: skip
+    resumed = subprocess.run(
+        _cli(tmp_path, tiny_world, out), env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     for name, stamp in finished.items():
         assert (out / "runs" / name).stat().st_mtime_ns == stamp  # not recomputed
     assert "[simulator] cached" in resumed.stderr + resumed.stdout
     straight = tmp_path / "straight"
-    done = subprocess.run(_cli(tmp_path, tiny_world, straight), env=_env(), capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        _cli(tmp_path, tiny_world, straight),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert (out / "results.csv").read_bytes() == (straight / "results.csv").read_bytes()
 
@@ -210,9 +244,16 @@ def test_a_killed_sweep_resumes_without_recomputing_and_matches(
 @pytest.mark.slow
 def test_two_processes_sharing_a_cache_do_not_corrupt_it(tiny_world: Path, tmp_path: Path):
     outs = [tmp_path / "a", tmp_path / "b"]
-    processes = [subprocess.Popen(_cli(tmp_path, tiny_world, out, seeds="0-1"), env=_env(),
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-                 for out in outs]  # fmt: skip
+    processes = [
+        subprocess.Popen(
+            _cli(tmp_path, tiny_world, out, seeds="0-1"),
+            env=_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for out in outs
+    ]
     for process in processes:
         _, err = process.communicate(timeout=300)
         assert process.returncode == 0, err[-2000:]
@@ -225,8 +266,9 @@ def test_two_processes_sharing_a_cache_do_not_corrupt_it(tiny_world: Path, tmp_p
 
 
 def test_reproduce_writes_every_output(tiny_world: Path, tmp_path: Path):
-    out = reproduce(tiny_config(tiny_world), tmp_path / "out", cache_dir=tmp_path / "cache",
-                    verbose=False)  # fmt: skip
+    out = reproduce(
+        tiny_config(tiny_world), tmp_path / "out", cache_dir=tmp_path / "cache", verbose=False
+    )
     for name in (
         "results.csv",
         "summary.md",

@@ -13,8 +13,17 @@ from twostage.errors import DataFormatError
 METHODS = ["2s", "ce", "ips"]  # deliberately not in display order
 SEEDS = [0, 1, 2]
 EPOCHS = 4
-TEST_METRICS = ["Precision@1", "Precision@5", "Precision@10", "Recall@1", "Recall@5",
-                "Recall@10", "NDCG@5", "NDCG@10", "NDCG@20"]  # fmt: skip
+TEST_METRICS = [
+    "Precision@1",
+    "Precision@5",
+    "Precision@10",
+    "Recall@1",
+    "Recall@5",
+    "Recall@10",
+    "NDCG@5",
+    "NDCG@10",
+    "NDCG@20",
+]
 
 
 def fake_results(seeds: list[int] = SEEDS, rng_seed: int = 0) -> pd.DataFrame:
@@ -26,11 +35,25 @@ def fake_results(seeds: list[int] = SEEDS, rng_seed: int = 0) -> pd.DataFrame:
             best = int(rng.integers(0, EPOCHS))
             for epoch in range(EPOCHS):
                 for evaluation in ("one-stage", "two-stage"):
-                    for split, metrics in (("val", TEST_METRICS), ("test", TEST_METRICS),
-                                           ("all", ["reward"])):  # fmt: skip
+                    for split, metrics in (
+                        ("val", TEST_METRICS),
+                        ("test", TEST_METRICS),
+                        ("all", ["reward"]),
+                    ):
                         for metric in metrics:
-                            rows.append(("toy", method, seed, epoch, split, evaluation, metric,
-                                         float(rng.uniform(0.05, 0.95)), best))  # fmt: skip
+                            rows.append(
+                                (
+                                    "toy",
+                                    method,
+                                    seed,
+                                    epoch,
+                                    split,
+                                    evaluation,
+                                    metric,
+                                    float(rng.uniform(0.05, 0.95)),
+                                    best,
+                                )
+                            )
     return pd.DataFrame(rows, columns=report.RESULT_COLUMNS)
 
 
@@ -54,8 +77,12 @@ def reference_values(
         run = results[(results["method"] == method) & (results["seed"] == seed)]
         best = run["best_epoch"].iloc[0]
         split = "all" if metric == "reward" else "test"
-        row = run[(run["epoch"] == best) & (run["split"] == split)
-                  & (run["evaluation"] == evaluation) & (run["metric"] == metric)]  # fmt: skip
+        row = run[
+            (run["epoch"] == best)
+            & (run["split"] == split)
+            & (run["evaluation"] == evaluation)
+            & (run["metric"] == metric)
+        ]
         assert len(row) == 1
         values.append(row["value"].iloc[0])
     return np.array(values)
@@ -131,8 +158,10 @@ def test_markdown_has_expected_cells_and_synthetic_note(out: Path):
     assert "validation two-stage Precision@10" in text
     two, one = text.index("## Two-stage evaluation"), text.index("## One-stage evaluation")
     for method, name in (("ce", "Cross-entropy"), ("ips", "1-IPS"), ("2s", "2-IPS")):
-        cells = [expected_cell(reference_values(results, method, "two-stage", m))
-                 for m in ("Precision@5", "Precision@10", "Recall@5")]  # fmt: skip
+        cells = [
+            expected_cell(reference_values(results, method, "two-stage", m))
+            for m in ("Precision@5", "Precision@10", "Recall@5")
+        ]
         assert f"| {name} | " + " | ".join(cells) + " |" in text[two:one]
         reward = expected_cell(reference_values(results, method, "one-stage", "reward"))
         one_stage_rows = [
@@ -191,8 +220,12 @@ def test_missing_results_file_raises_data_format_error(tmp_path: Path):
 def test_figures_are_non_empty_pngs(out: Path):
     paths = report.write_figures(out)
     names = {p.name for p in paths}
-    assert names == {"validation_curves.png", "test_metrics.png", "rewards.png",
-                     "simulator_probabilities.png"}  # fmt: skip
+    assert names == {
+        "validation_curves.png",
+        "test_metrics.png",
+        "rewards.png",
+        "simulator_probabilities.png",
+    }
     for path in paths:
         assert path.parent == out / "figures"
         data = path.read_bytes()

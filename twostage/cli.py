@@ -22,54 +22,86 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     data = commands.add_parser("data", help="load a dataset and print its summary, or fetch one")
-    data.add_argument("words", nargs="+", metavar="[fetch] DATASET",
-                      help="ml-1m, ml-100k, synthetic, synthetic-small or a directory; "
-                           "`fetch ml-1m|ml-100k` only downloads")  # fmt: skip
+    data.add_argument(
+        "words",
+        nargs="+",
+        metavar="[fetch] DATASET",
+        help="ml-1m, ml-100k, synthetic, synthetic-small or a directory; "
+        "`fetch ml-1m|ml-100k` only downloads",
+    )
     data.add_argument("--no-download", action="store_true", help="never download")
 
     run = commands.add_parser("reproduce", help="run the paper's whole experiment")
-    run.add_argument("--dataset", help="ml-1m (default of the paper profile), ml-100k, synthetic, "
-                                       "synthetic-small or a directory in either MovieLens layout")  # fmt: skip
-    run.add_argument("--profile", choices=["paper", "smoke"],
-                     default=os.environ.get("TWOSTAGE_PROFILE", "paper"),
-                     help="paper: the full protocol (default, or $TWOSTAGE_PROFILE); smoke: small and fast")  # fmt: skip
+    run.add_argument(
+        "--dataset",
+        help="ml-1m (default of the paper profile), ml-100k, synthetic, "
+        "synthetic-small or a directory in either MovieLens layout",
+    )
+    run.add_argument(
+        "--profile",
+        choices=["paper", "smoke"],
+        default=os.environ.get("TWOSTAGE_PROFILE", "paper"),
+        help="paper: the full protocol (default, or $TWOSTAGE_PROFILE); smoke: small and fast",
+    )
     run.add_argument("--seeds", help="a count (20), a range (0-4) or a list (1,3,7)")
-    run.add_argument("--methods", help="comma-separated subset of ce,ips,2s,ips-topk "
-                                       "(default ce,ips,2s)")  # fmt: skip
+    run.add_argument(
+        "--methods", help="comma-separated subset of ce,ips,2s,ips-topk (default ce,ips,2s)"
+    )
     run.add_argument("--alpha", type=float, help="2-IPS weight of the other-items term (1e-3)")
     run.add_argument("--cut", type=float, help="probability cut that labels the world")
     run.add_argument("--positive-share", type=float, help="label the top share of pairs instead")
     run.add_argument("--epochs", type=int, help="candidate-generator epochs (20)")
-    run.add_argument("--propensity", choices=["single", "inclusion"],
-                     help="logged propensity: single-draw softmax (the paper's, default) or "
-                          "P(item among the K shown), by Monte Carlo")  # fmt: skip
+    run.add_argument(
+        "--propensity",
+        choices=["single", "inclusion"],
+        help="logged propensity: single-draw softmax (the paper's, default) or "
+        "P(item among the K shown), by Monte Carlo",
+    )
     run.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    run.add_argument("--threads", type=int, default=0,
-                     help="CPU threads for torch (default: torch's choice; 1 is often fastest "
-                          "for these small models on a busy CPU)")  # fmt: skip
+    run.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads for torch (default: torch's choice; 1 is often fastest "
+        "for these small models on a busy CPU)",
+    )
     run.add_argument("--out", help="output directory (default runs/DATASET-PROFILE)")
     run.add_argument("--cache-dir", help="stage cache (default $TWOSTAGE_CACHE or the user cache)")
 
-    sweep = commands.add_parser("sweep", help="ablations: one factor at a time, cached and resumable")
-    sweep.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2",
-                       help="a factor and its values, e.g. alpha=0,1e-3,1e-1 (repeatable); names: "
-                            "alpha, slate_size, n_slates, temperature, cap, eval_k, epochs, "
-                            "weight_decay, ranker_epochs, oracle_ranker, positive_share")  # fmt: skip
+    sweep = commands.add_parser(
+        "sweep", help="ablations: one factor at a time, cached and resumable"
+    )
+    sweep.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="NAME=V1,V2",
+        help="a factor and its values, e.g. alpha=0,1e-3,1e-1 (repeatable); names: "
+        "alpha, slate_size, n_slates, temperature, cap, eval_k, epochs, "
+        "weight_decay, ranker_epochs, oracle_ranker, positive_share",
+    )
     for flag in ("--dataset", "--seeds", "--cache-dir"):
         sweep.add_argument(flag)
-    sweep.add_argument("--profile", choices=["paper", "smoke"],
-                       default=os.environ.get("TWOSTAGE_PROFILE", "paper"))  # fmt: skip
+    sweep.add_argument(
+        "--profile", choices=["paper", "smoke"], default=os.environ.get("TWOSTAGE_PROFILE", "paper")
+    )
     sweep.add_argument("--device", default="auto")
     sweep.add_argument("--threads", type=int, default=0)
     sweep.add_argument("--out", required=True, help="output directory")
 
     evaluate = commands.add_parser(
-        "evaluate", help="off-policy estimates (IPS, SNIPS, two-stage) of a run's policies "
-                         "against their true values: OUT/ope.csv, OUT/ope.md")  # fmt: skip
+        "evaluate",
+        help="off-policy estimates (IPS, SNIPS, two-stage) of a run's policies "
+        "against their true values: OUT/ope.csv, OUT/ope.md",
+    )
     evaluate.add_argument("out", help="an output directory of `twostage reproduce`")
     evaluate.add_argument("--cache-dir", help="the stage cache the run used")
-    evaluate.add_argument("--n-slates", type=int, default=200,
-                          help="candidate sets per user for the two-stage policy (200)")  # fmt: skip
+    evaluate.add_argument(
+        "--n-slates",
+        type=int,
+        default=200,
+        help="candidate sets per user for the two-stage policy (200)",
+    )
 
     summarize = commands.add_parser("summarize", help="rebuild the table and figures of a run")
     summarize.add_argument("out", help="an output directory of `twostage reproduce`")
@@ -186,8 +218,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         torch.set_num_threads(config.threads)
     summary = sweep(config, grid, args.out, cache_dir=args.cache_dir)
     chosen = summary[(summary.metric == "Precision@10")]
-    print(chosen[["factor", "value", "method", "evaluation", "mean", "stderr", "n_seeds"]]
-          .to_string(index=False))  # fmt: skip
+    print(
+        chosen[["factor", "value", "method", "evaluation", "mean", "stderr", "n_seeds"]].to_string(
+            index=False
+        )
+    )
     print(f"\nOutputs in {args.out}/: sweep.csv, figures/, cells/")
     return 0
 
@@ -217,8 +252,13 @@ def cmd_summarize(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"data": cmd_data, "reproduce": cmd_reproduce, "sweep": cmd_sweep,
-                "summarize": cmd_summarize, "evaluate": cmd_evaluate}
+    handlers = {
+        "data": cmd_data,
+        "reproduce": cmd_reproduce,
+        "sweep": cmd_sweep,
+        "summarize": cmd_summarize,
+        "evaluate": cmd_evaluate,
+    }
     try:
         return handlers[args.command](args)
     except TwoStageError as err:
@@ -227,7 +267,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"twostage: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("\ntwostage: interrupted; finished runs are kept and a rerun resumes.", file=sys.stderr)
+        print(
+            "\ntwostage: interrupted; finished runs are kept and a rerun resumes.", file=sys.stderr
+        )
         return 130
 
 

@@ -90,8 +90,9 @@ class ImpressionSimulator(_CatalogModel):
         super().__init__(catalog)
         input_dim = self.user_rep.dim + self.item_rep.dim + 1
         self.first = nn.Linear(input_dim, hidden[0])
-        self.rest = nn.Sequential(nn.ReLU(), nn.Linear(hidden[0], hidden[1]), nn.ReLU(),
-                                  nn.Linear(hidden[1], 1))  # fmt: skip
+        self.rest = nn.Sequential(
+            nn.ReLU(), nn.Linear(hidden[0], hidden[1]), nn.ReLU(), nn.Linear(hidden[1], 1)
+        )
 
     def forward(
         self, users: torch.Tensor, items: torch.Tensor, timestamps: torch.Tensor

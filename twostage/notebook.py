@@ -50,15 +50,17 @@ def plot_defaults() -> None:
     """Small, legible figures with the same look in every chapter."""
     import matplotlib as mpl
 
-    mpl.rcParams.update({
-        "figure.figsize": (6.4, 3.6),
-        "figure.dpi": 100,
-        "axes.grid": True,
-        "grid.alpha": 0.3,
-        "axes.spines.top": False,
-        "axes.spines.right": False,
-        "legend.frameon": False,
-    })  # fmt: skip
+    mpl.rcParams.update(
+        {
+            "figure.figsize": (6.4, 3.6),
+            "figure.dpi": 100,
+            "axes.grid": True,
+            "grid.alpha": 0.3,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "legend.frameon": False,
+        }
+    )
     try:  # In a kernel, show returned Figures inline (the plots module never calls pyplot.show).
         from IPython import get_ipython
 

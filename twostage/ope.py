@@ -146,8 +146,9 @@ def two_stage_policy(
     for start in range(0, n_users, chunk_users):
         block = slice(start, start + chunk_users)
         c = candidate_probs[block].shape[0]
-        slates = sample_categorical(candidate_probs[block], n_slates * slate_size,
-                                    generator=generator).view(c, n_slates, slate_size)  # fmt: skip
+        slates = sample_categorical(
+            candidate_probs[block], n_slates * slate_size, generator=generator
+        ).view(c, n_slates, slate_size)
         flat = slates.view(c, -1)
         distinct = distinct_mask(slates)
         scores = ranker_scores[block].double().gather(1, flat).view_as(slates)

@@ -43,9 +43,14 @@ def ratings_overview(ratings: torch.Tensor, timestamps: torch.Tensor) -> Figure:
 
 # ---------------------------------------------------------------- training curves
 def curve(
-    x: Sequence[float], y: Sequence[float], *, xlabel: str, ylabel: str, title: str = "",
+    x: Sequence[float],
+    y: Sequence[float],
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
     target: float | None = None,
-) -> Figure:  # fmt: skip
+) -> Figure:
     """A training curve (e.g. validation AUC per step, loss per epoch), optionally a target line."""
     fig, (ax,) = _figure()
     ax.plot(list(x), list(y), marker="o")
@@ -85,8 +90,13 @@ def reliability(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = 1
     fig, (ax,) = _figure(width=4.8, height=4.2)
     ax.plot([0, 1], [0, 1], color="C7", linestyle="--", label="perfect calibration")
     ax.plot(table["predicted"], table["observed"], marker="o", label="simulator")
-    ax.set(xlabel="mean predicted probability", ylabel="observed share of label 1",
-           xlim=(0, 1), ylim=(0, 1), title="Reliability (test split)")  # fmt: skip
+    ax.set(
+        xlabel="mean predicted probability",
+        ylabel="observed share of label 1",
+        xlim=(0, 1),
+        ylim=(0, 1),
+        title="Reliability (test split)",
+    )
     ax.legend()
     return fig
 
@@ -155,8 +165,11 @@ def lorenz_curve(items: torch.Tensor, n_items: int) -> Figure:
     fig, (ax,) = _figure(width=4.8, height=4.2)
     ax.plot([0, 1], [0, 1], color="C7", linestyle="--", label="every item equally often")
     ax.plot(x, y, label=f"bandit log (Gini {gini(items, n_items):.2f})")
-    ax.set(xlabel="share of items (least shown first)", ylabel="share of impressions",
-           title="Concentration of the log")  # fmt: skip
+    ax.set(
+        xlabel="share of items (least shown first)",
+        ylabel="share of impressions",
+        title="Concentration of the log",
+    )
     ax.legend()
     return fig
 

@@ -75,8 +75,9 @@ def sample_top_k_sets(
         was_seen = torch.zeros(len(row), n_items + 1, dtype=torch.bool, device=probs.device)
         was_seen.scatter_(1, torch.where(seen >= 0, seen, n_items), True)
         logp = probs[row].double().log().masked_fill_(was_seen[:, :n_items], -torch.inf)
-        uniform = torch.rand(logp.shape, generator=generator, dtype=torch.float64,
-                             device=probs.device)  # fmt: skip
+        uniform = torch.rand(
+            logp.shape, generator=generator, dtype=torch.float64, device=probs.device
+        )
         gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-300)))
         extra = torch.topk(logp + gumbel, k, dim=1).indices  # (m, k) unseen items in draw order
         n_found = found[row, sample].unsqueeze(1)

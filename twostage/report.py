@@ -21,18 +21,45 @@ from matplotlib.ticker import MaxNLocator
 
 from twostage.errors import DataFormatError
 
-RESULT_COLUMNS = ["dataset", "method", "seed", "epoch", "split", "evaluation", "metric", "value",
-                  "best_epoch"]  # fmt: skip
+RESULT_COLUMNS = [
+    "dataset",
+    "method",
+    "seed",
+    "epoch",
+    "split",
+    "evaluation",
+    "metric",
+    "value",
+    "best_epoch",
+]
 SUMMARY_COLUMNS = ["method", "evaluation", "metric", "mean", "stderr", "n_seeds", "gain_vs_ce_pct"]
 METHOD_NAMES = {"ce": "Cross-entropy", "ips": "1-IPS", "2s": "2-IPS", "ips-topk": "Top-K IPS"}
 EVALUATIONS = ["two-stage", "one-stage"]
-METRICS = ["Precision@1", "Precision@5", "Precision@10", "Recall@1", "Recall@5", "Recall@10",
-           "NDCG@5", "NDCG@10", "NDCG@20", "reward"]  # fmt: skip
+METRICS = [
+    "Precision@1",
+    "Precision@5",
+    "Precision@10",
+    "Recall@1",
+    "Recall@5",
+    "Recall@10",
+    "NDCG@5",
+    "NDCG@10",
+    "NDCG@20",
+    "reward",
+]
 # The paper's Table 2/3 columns first, then the ones it does not publish.
-TABLE_COLUMNS = {"P@5": "Precision@5", "P@10": "Precision@10", "R@5": "Recall@5",
-                 "R@10": "Recall@10", "NDCG@5": "NDCG@5", "NDCG@10": "NDCG@10",
-                 "P@1": "Precision@1", "R@1": "Recall@1", "NDCG@20": "NDCG@20",
-                 "reward": "reward"}  # fmt: skip
+TABLE_COLUMNS = {
+    "P@5": "Precision@5",
+    "P@10": "Precision@10",
+    "R@5": "Recall@5",
+    "R@10": "Recall@10",
+    "NDCG@5": "NDCG@5",
+    "NDCG@10": "NDCG@10",
+    "P@1": "Precision@1",
+    "R@1": "Recall@1",
+    "NDCG@20": "NDCG@20",
+    "reward": "reward",
+}
 SELECTION_RULE = "each run's epoch is chosen by validation two-stage Precision@10"
 
 
@@ -57,16 +84,21 @@ def load_results(out_dir: str | Path) -> pd.DataFrame:
         raise DataFormatError(path, f"not a readable CSV file ({err})") from None
     missing = [c for c in RESULT_COLUMNS if c not in frame.columns]
     if missing:
-        raise DataFormatError(path, f"missing column(s) {', '.join(missing)}; "
-                                    f"expected columns {','.join(RESULT_COLUMNS)}")  # fmt: skip
+        raise DataFormatError(
+            path,
+            f"missing column(s) {', '.join(missing)}; expected columns {','.join(RESULT_COLUMNS)}",
+        )
     frame = frame[RESULT_COLUMNS].copy()
     for column in ("seed", "epoch", "best_epoch", "value"):
         numbers = pd.to_numeric(frame[column], errors="coerce")
         bad = numbers.isna() & (frame[column].notna() if column == "value" else True)
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise DataFormatError(path, f"column {column!r} holds {frame[column].iloc[row]!r}, "
-                                        "expected a number", line=row + 2)  # fmt: skip
+            raise DataFormatError(
+                path,
+                f"column {column!r} holds {frame[column].iloc[row]!r}, expected a number",
+                line=row + 2,
+            )
         frame[column] = numbers if column == "value" else numbers.astype(int)
     for column, allowed in (("split", {"val", "test", "all"}), ("evaluation", set(EVALUATIONS))):
         bad = ~frame[column].isin(allowed)
@@ -98,8 +130,9 @@ def summary_table(results: pd.DataFrame) -> pd.DataFrame:
 
     One row per method × evaluation × metric, with columns `SUMMARY_COLUMNS`.
     """
-    chosen = results[(results["epoch"] == results["best_epoch"])
-                     & results["split"].isin(["test", "all"])]  # fmt: skip
+    chosen = results[
+        (results["epoch"] == results["best_epoch"]) & results["split"].isin(["test", "all"])
+    ]
     per_seed = chosen.groupby(["method", "evaluation", "metric", "seed"])["value"].mean()
     table = _mean_stderr(per_seed.groupby(level=["method", "evaluation", "metric"])).reset_index()
     ce = table[table["method"] == "ce"].set_index(["evaluation", "metric"])["mean"]
@@ -157,8 +190,11 @@ def format_summary(out_dir: str | Path) -> str:
     if run.get("synthetic"):
         lines += ["**SYNTHETIC data — not MovieLens.**", ""]
     seeds = sorted(int(s) for s in results["seed"].unique())
-    lines += [f"Values in %, mean ± standard error over seeds {_seed_note(seeds)} "
-              f"({len(seeds)} per method); {SELECTION_RULE}; test users.", ""]  # fmt: skip
+    lines += [
+        f"Values in %, mean ± standard error over seeds {_seed_note(seeds)} "
+        f"({len(seeds)} per method); {SELECTION_RULE}; test users.",
+        "",
+    ]
 
     def cell(method: str, evaluation: str, metric: str, column: str) -> str:
         if (method, evaluation, metric) not in table.index:
@@ -170,15 +206,19 @@ def format_summary(out_dir: str | Path) -> str:
         return format_cell(row["mean"], row["stderr"])
 
     for evaluation in EVALUATIONS:
-        rows = [[display_name(m)] + [cell(m, evaluation, k, "cell") for k in TABLE_COLUMNS.values()]
-                for m in methods]  # fmt: skip
+        rows = [
+            [display_name(m)] + [cell(m, evaluation, k, "cell") for k in TABLE_COLUMNS.values()]
+            for m in methods
+        ]
         lines += [f"## {evaluation.capitalize()} evaluation", ""]
         lines += _markdown_table(["method", *TABLE_COLUMNS], rows) + [""]
     others = [m for m in methods if m != "ce"]
     if "ce" in methods and others:
-        rows = [[display_name(m), e] + [cell(m, e, metric, "gain")
-                                        for metric in TABLE_COLUMNS.values()]
-                for m in others for e in EVALUATIONS]  # fmt: skip
+        rows = [
+            [display_name(m), e] + [cell(m, e, metric, "gain") for metric in TABLE_COLUMNS.values()]
+            for m in others
+            for e in EVALUATIONS
+        ]
         lines += ["## Relative gain over Cross-entropy (% of its mean)", ""]
         lines += _markdown_table(["method", "evaluation", *TABLE_COLUMNS], rows) + [""]
     return "\n".join(lines)
@@ -220,8 +260,9 @@ def write_summary(out_dir: str | Path) -> dict[str, Path]:
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    return _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=150,
-                                                       bbox_inches="tight"))  # fmt: skip
+    return _atomic_write(
+        path, lambda tmp: fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight")
+    )
 
 
 def _title(text: str, synthetic: bool) -> str:
@@ -233,8 +274,14 @@ def _grouped_bars(ax, stats: pd.DataFrame, methods: list[str], ylabel: str) -> N
     x = np.arange(len(methods))
     for k, evaluation in enumerate(["one-stage", "two-stage"]):
         part = stats.reindex([(m, evaluation) for m in methods])
-        ax.bar(x + (k - 0.5) * 0.4, 100 * part["mean"].to_numpy(), width=0.4, label=evaluation,
-               yerr=100 * part["stderr"].fillna(0.0).to_numpy(), capsize=3)  # fmt: skip
+        ax.bar(
+            x + (k - 0.5) * 0.4,
+            100 * part["mean"].to_numpy(),
+            width=0.4,
+            label=evaluation,
+            yerr=100 * part["stderr"].fillna(0.0).to_numpy(),
+            capsize=3,
+        )
     ax.set_xticks(x, [display_name(m) for m in methods])
     ax.set_ylabel(ylabel)
 

@@ -26,10 +26,25 @@ from twostage.data.parsing import (
 from twostage.errors import DataFormatError
 
 GENRES: tuple[str, ...] = (
-    "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
-    "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
-    "War", "Western",
-)  # fmt: skip
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
 ML100K_FLAGS: tuple[str, ...] = ("unknown", *GENRES)
 UNKNOWN_YEAR = "unknown"
 
@@ -310,10 +325,12 @@ def _read_ratings(path: Path, layout: str, users: dict, items: dict) -> tuple[di
         )
     user_file = "users.dat" if layout == "ml-1m" else "u.user"
     item_file = "movies.dat" if layout == "ml-1m" else "u.item"
-    user_rows = lookup_rows(path, integer_column(path, table, "UserID"), users["ids"], "UserID",
-                            user_file)  # fmt: skip
-    item_rows = lookup_rows(path, integer_column(path, table, "MovieID"), items["ids"], "MovieID",
-                            item_file)  # fmt: skip
+    user_rows = lookup_rows(
+        path, integer_column(path, table, "UserID"), users["ids"], "UserID", user_file
+    )
+    item_rows = lookup_rows(
+        path, integer_column(path, table, "MovieID"), items["ids"], "MovieID", item_file
+    )
     stamps = integer_column(path, table, "Timestamp").astype(np.float64)
     span = stamps.max() - stamps.min()
     normalised = (stamps - stamps.min()) / span if span > 0 else np.zeros_like(stamps)

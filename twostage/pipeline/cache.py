@@ -86,15 +86,19 @@ class StageCache:
             return None
         data = path.read_bytes()
         if hashlib.sha256(data).hexdigest() != sidecar.read_text().strip():
-            warnings.warn(f"Cached {stage} artifact {path} is corrupt (checksum); rebuilding it.",
-                          stacklevel=2)  # fmt: skip
+            warnings.warn(
+                f"Cached {stage} artifact {path} is corrupt (checksum); rebuilding it.",
+                stacklevel=2,
+            )
             self._remove(path)
             return None
         try:
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
         except Exception as err:  # noqa: BLE001 — any load failure means: do not trust it
-            warnings.warn(f"Cached {stage} artifact {path} failed to load ({err}); rebuilding it.",
-                          stacklevel=2)  # fmt: skip
+            warnings.warn(
+                f"Cached {stage} artifact {path} failed to load ({err}); rebuilding it.",
+                stacklevel=2,
+            )
             self._remove(path)
             return None
 

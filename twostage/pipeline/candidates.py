@@ -41,10 +41,15 @@ def validation_size(n_users: int) -> int:
 
 
 def method_loss(
-    method: str, logits: torch.Tensor, items: torch.Tensor, propensities: torch.Tensor,
-    ranker_logits: torch.Tensor, config: CandidateConfig, generator: torch.Generator,
+    method: str,
+    logits: torch.Tensor,
+    items: torch.Tensor,
+    propensities: torch.Tensor,
+    ranker_logits: torch.Tensor,
+    config: CandidateConfig,
+    generator: torch.Generator,
     k: int = 5,
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """The loss of `method`; `k` is the bandit log's items per user (used by "ips-topk")."""
     if method == "ce":
         return cross_entropy_loss(logits, items)
@@ -54,11 +59,18 @@ def method_loss(
         return topk_ips_loss(logits, items, propensities, k=k, cap=config.cap, floor=config.floor)
     if method == "2s":
         return two_stage_ips_loss(
-            logits, items, propensities, ranker_logits, alpha=config.alpha,
-            n_slates=config.n_slates, slate_size=config.slate_size,
-            temperature=config.temperature, cap=config.cap, floor=config.floor,
+            logits,
+            items,
+            propensities,
+            ranker_logits,
+            alpha=config.alpha,
+            n_slates=config.n_slates,
+            slate_size=config.slate_size,
+            temperature=config.temperature,
+            cap=config.cap,
+            floor=config.floor,
             generator=generator,
-        )  # fmt: skip
+        )
     raise ValueError(f"unknown method {method!r}")
 
 
@@ -70,25 +82,39 @@ def evaluate_epoch(model: Nominator, context: Context, device: torch.device) -> 
     model.train()
     ev = context.evaluator
     rows = [
-        {"split": "all", "evaluation": "one-stage", "metric": "reward",
-         "value": ev.one_stage_reward(scores)},
-        {"split": "all", "evaluation": "two-stage", "metric": "reward",
-         "value": ev.two_stage_reward(scores)},
-    ]  # fmt: skip
+        {
+            "split": "all",
+            "evaluation": "one-stage",
+            "metric": "reward",
+            "value": ev.one_stage_reward(scores),
+        },
+        {
+            "split": "all",
+            "evaluation": "two-stage",
+            "metric": "reward",
+            "value": ev.two_stage_reward(scores),
+        },
+    ]
     for split, users in (("val", context.val_users), ("test", context.test_users)):
         for evaluation, metrics in (
             ("one-stage", ev.one_stage_metrics(scores[users], users)),
             ("two-stage", ev.two_stage_metrics(scores[users], users)),
         ):
-            rows += [{"split": split, "evaluation": evaluation, "metric": name, "value": value}
-                     for name, value in metrics.items()]  # fmt: skip
+            rows += [
+                {"split": split, "evaluation": evaluation, "metric": name, "value": value}
+                for name, value in metrics.items()
+            ]
     return rows
 
 
 def train_candidate_generator(
-    method: str, seed: int, context: Context, config: CandidateConfig, device: torch.device,
+    method: str,
+    seed: int,
+    context: Context,
+    config: CandidateConfig,
+    device: torch.device,
     progress=None,
-) -> dict:  # fmt: skip
+) -> dict:
     """Train one candidate generator.
 
     Returns {"rows": per-epoch results, "best_epoch": int, "state": the model's state dict
@@ -102,7 +128,9 @@ def train_candidate_generator(
     model = Nominator(context.catalog).to(device)
     opt = adagrad(model, config.lr, config.weight_decay)
     generator = seeded(seed)
-    device_generator = generator if device.type == "cpu" else torch.Generator(device).manual_seed(seed)
+    device_generator = (
+        generator if device.type == "cpu" else torch.Generator(device).manual_seed(seed)
+    )
     users, items = context.users.to(device), context.items.to(device)
     propensities = context.propensities.to(device)
     ranker_scores = context.ranker_scores.to(device) if method == "2s" else None
@@ -110,16 +138,32 @@ def train_candidate_generator(
     best_epoch, best_value = 0, float("-inf")
     best_state: dict[str, torch.Tensor] = {}
     for epoch in range(config.epochs):
-        for step, idx in enumerate(batches(len(users), config.batch_size, shuffle=config.shuffle,
-                                           generator=generator, drop_last=True)):  # fmt: skip
+        for step, idx in enumerate(
+            batches(
+                len(users),
+                config.batch_size,
+                shuffle=config.shuffle,
+                generator=generator,
+                drop_last=True,
+            )
+        ):
             idx = idx.to(device)
             batch_users = users[idx]
             logits = model.score_all(batch_users)
             ranker_logits = ranker_scores[batch_users] if ranker_scores is not None else None
-            loss = method_loss(method, logits, items[idx], propensities[idx], ranker_logits,
-                               config, device_generator, k=context.k)  # fmt: skip
-            check_finite(loss, stage=f"candidate generator {method} seed {seed}", epoch=epoch,
-                         step=step)  # fmt: skip
+            loss = method_loss(
+                method,
+                logits,
+                items[idx],
+                propensities[idx],
+                ranker_logits,
+                config,
+                device_generator,
+                k=context.k,
+            )
+            check_finite(
+                loss, stage=f"candidate generator {method} seed {seed}", epoch=epoch, step=step
+            )
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -127,8 +171,13 @@ def train_candidate_generator(
         for row in epoch_rows:
             row["epoch"] = epoch
         rows += epoch_rows
-        selected = next(r["value"] for r in epoch_rows if r["split"] == "val"
-                        and r["evaluation"] == "two-stage" and r["metric"] == config.select_metric)  # fmt: skip
+        selected = next(
+            r["value"]
+            for r in epoch_rows
+            if r["split"] == "val"
+            and r["evaluation"] == "two-stage"
+            and r["metric"] == config.select_metric
+        )
         if selected > best_value:
             best_epoch, best_value = epoch, selected
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}

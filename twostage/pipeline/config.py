@@ -189,7 +189,9 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     if match:
         start, stop = int(match.group(1)), int(match.group(2))
         if stop < start:
-            raise ConfigError(f"--seeds {text}: the range is empty (expected START-END with START ≤ END).")
+            raise ConfigError(
+                f"--seeds {text}: the range is empty (expected START-END with START ≤ END)."
+            )
         return tuple(range(start, stop + 1))
     if re.fullmatch(r"\d+(,\d+)+", text):
         return tuple(dict.fromkeys(int(s) for s in text.split(",")))
@@ -213,7 +215,9 @@ def validate(config: ExperimentConfig) -> None:
     if c.alpha < 0:
         raise ConfigError(f"alpha must be ≥ 0, got {c.alpha}.")
     if not 0 < c.floor <= c.cap:
-        raise ConfigError(f"importance-weight clipping needs 0 < floor ≤ cap, got [{c.floor}, {c.cap}].")
+        raise ConfigError(
+            f"importance-weight clipping needs 0 < floor ≤ cap, got [{c.floor}, {c.cap}]."
+        )
     if c.temperature <= 0:
         raise ConfigError(f"temperature must be > 0, got {c.temperature}.")
     for name in ("n_slates", "slate_size", "eval_k", "epochs", "batch_size"):

@@ -33,8 +33,17 @@ from twostage.pipeline.stages import (
 from twostage.pipeline.training import resolve_device
 
 STAGE_VERSION = 1  # bump when a stage's code changes its output
-RESULT_COLUMNS = ["dataset", "method", "seed", "epoch", "split", "evaluation", "metric", "value",
-                  "best_epoch"]  # fmt: skip
+RESULT_COLUMNS = [
+    "dataset",
+    "method",
+    "seed",
+    "epoch",
+    "split",
+    "evaluation",
+    "metric",
+    "value",
+    "best_epoch",
+]
 
 
 @dataclass
@@ -60,9 +69,12 @@ def _say(message: str, verbose: bool) -> None:
 
 
 def prepare(
-    config: ExperimentConfig, *, cache: StageCache | None = None, data: MovieLens | None = None,
+    config: ExperimentConfig,
+    *,
+    cache: StageCache | None = None,
+    data: MovieLens | None = None,
     verbose: bool = True,
-) -> Prepared:  # fmt: skip
+) -> Prepared:
     """Run (or load from the cache) the simulator, world, logging policy, log and ranker."""
     validate(config)
     if config.threads > 0:
@@ -83,52 +95,91 @@ def prepare(
         return artifact
 
     def simulator_build():
-        steps = config.simulator.epochs * -(-(data.n_ratings * 3 // 5) // config.simulator.batch_size)
+        steps = config.simulator.epochs * -(
+            -(data.n_ratings * 3 // 5) // config.simulator.batch_size
+        )
         with tqdm(total=steps, desc="simulator", leave=False, disable=not verbose) as bar:
             return train_simulator(data, config.simulator, device, progress=bar)
 
     simulator = stage("simulator", config.simulator, data.fingerprint, simulator_build)
     info = simulator["info"]
-    _say(f"[simulator] {_src(cached, 'simulator')} {timings['simulator']:.1f}s · "
-         f"{info['steps']} steps · val AUC {info['val_auc']:.3f} · test AUC {info['test_auc']:.3f}",
-         verbose)  # fmt: skip
+    _say(
+        f"[simulator] {_src(cached, 'simulator')} {timings['simulator']:.1f}s · "
+        f"{info['steps']} steps · val AUC {info['val_auc']:.3f} · test AUC {info['test_auc']:.3f}",
+        verbose,
+    )
 
     world_settings = dataclasses.replace(config.world, chunk_users=0)  # chunking: not a setting
-    world = stage("world", world_settings, keys["simulator"],
-                  lambda: build_world(data, simulator["state"], config.world, device))  # fmt: skip
-    _say(f"[world] {_src(cached, 'world')} {timings['world']:.1f}s · "
-         f"{world.labels.numel():,} pairs · cut {world.cut:.6f} ({world.cut_rule}) · "
-         f"positive share {world.positive_share:.3f}", verbose)  # fmt: skip
+    world = stage(
+        "world",
+        world_settings,
+        keys["simulator"],
+        lambda: build_world(data, simulator["state"], config.world, device),
+    )
+    _say(
+        f"[world] {_src(cached, 'world')} {timings['world']:.1f}s · "
+        f"{world.labels.numel():,} pairs · cut {world.cut:.6f} ({world.cut_rule}) · "
+        f"positive share {world.positive_share:.3f}",
+        verbose,
+    )
 
-    policy = stage("logging_policy", config.logging_policy, keys["world"],
-                   lambda: train_logging_policy(data.catalog, world, config.logging_policy, device))  # fmt: skip
-    _say(f"[logging policy] {_src(cached, 'logging_policy')} {timings['logging_policy']:.1f}s · "
-         f"val AUC {policy['info']['val_auc']:.3f}", verbose)  # fmt: skip
+    policy = stage(
+        "logging_policy",
+        config.logging_policy,
+        keys["world"],
+        lambda: train_logging_policy(data.catalog, world, config.logging_policy, device),
+    )
+    _say(
+        f"[logging policy] {_src(cached, 'logging_policy')} {timings['logging_policy']:.1f}s · "
+        f"val AUC {policy['info']['val_auc']:.3f}",
+        verbose,
+    )
 
-    log = stage("bandit_log", config.bandit, keys["logging_policy"],
-                lambda: sample_bandit_log(data.catalog, world, policy["state"], config.bandit, device))  # fmt: skip
-    _say(f"[bandit log] {_src(cached, 'bandit_log')} {timings['bandit_log']:.1f}s · "
-         f"{len(log['users']):,} impressions · {int(log['rewards'].sum()):,} positive · "
-         f"{log['items'].unique().numel():,} distinct items", verbose)  # fmt: skip
+    log = stage(
+        "bandit_log",
+        config.bandit,
+        keys["logging_policy"],
+        lambda: sample_bandit_log(data.catalog, world, policy["state"], config.bandit, device),
+    )
+    _say(
+        f"[bandit log] {_src(cached, 'bandit_log')} {timings['bandit_log']:.1f}s · "
+        f"{len(log['users']):,} impressions · {int(log['rewards'].sum()):,} positive · "
+        f"{log['items'].unique().numel():,} distinct items",
+        verbose,
+    )
 
-    ranker = stage("ranker", config.ranker, keys["bandit_log"],
-                   lambda: train_ranker(data.catalog, world, log, config.ranker, device))  # fmt: skip
-    _say(f"[ranker] {_src(cached, 'ranker')} {timings['ranker']:.1f}s · "
-         f"AUC vs truth {ranker['info']['truth_auc']:.3f}", verbose)  # fmt: skip
+    ranker = stage(
+        "ranker",
+        config.ranker,
+        keys["bandit_log"],
+        lambda: train_ranker(data.catalog, world, log, config.ranker, device),
+    )
+    _say(
+        f"[ranker] {_src(cached, 'ranker')} {timings['ranker']:.1f}s · "
+        f"AUC vs truth {ranker['info']['truth_auc']:.3f}",
+        verbose,
+    )
 
     start = time.perf_counter()
     context = make_context(data, world, log, ranker, config, device)
     timings["evaluator"] = time.perf_counter() - start
-    return Prepared(data, device, simulator, world, policy, log, ranker, context, keys, timings,
-                    cached)  # fmt: skip
+    return Prepared(
+        data, device, simulator, world, policy, log, ranker, context, keys, timings, cached
+    )
 
 
 def _src(cached: dict[str, bool], name: str) -> str:
     return "cached" if cached[name] else "built"
 
 
-def make_context(data: MovieLens, world: World, log: dict, ranker: dict,
-                 config: ExperimentConfig, device: torch.device) -> Context:  # fmt: skip
+def make_context(
+    data: MovieLens,
+    world: World,
+    log: dict,
+    ranker: dict,
+    config: ExperimentConfig,
+    device: torch.device,
+) -> Context:
     """The logged positives, the ranker's scores and the evaluator shared by all runs."""
     positive = log["rewards"] > 0
     if config.ranker.oracle:
@@ -152,8 +203,14 @@ def make_context(data: MovieLens, world: World, log: dict, ranker: dict,
 
 
 def run_key(prepared: Prepared, config: ExperimentConfig, method: str, seed: int) -> str:
-    return stable_key("run", STAGE_VERSION, prepared.keys["ranker"], method, seed,
-                      dataclasses.asdict(config.candidates))  # fmt: skip
+    return stable_key(
+        "run",
+        STAGE_VERSION,
+        prepared.keys["ranker"],
+        method,
+        seed,
+        dataclasses.asdict(config.candidates),
+    )
 
 
 def run_all(
@@ -180,10 +237,12 @@ def run_all(
             else:
                 bar.set_postfix_str(f"{method} seed {seed}")
                 start = time.perf_counter()
-                result = train_candidate_generator(method, seed, prepared.context, config.candidates,
-                                                   prepared.device, progress=bar)  # fmt: skip
-                result.update(key=key, method=method, seed=seed,
-                              seconds=round(time.perf_counter() - start, 3))  # fmt: skip
+                result = train_candidate_generator(
+                    method, seed, prepared.context, config.candidates, prepared.device, progress=bar
+                )
+                result.update(
+                    key=key, method=method, seed=seed, seconds=round(time.perf_counter() - start, 3)
+                )
                 buffer = io.BytesIO()
                 torch.save(result.pop("state"), buffer)
                 # The model first: a finished run's .json implies its .pt.
@@ -207,9 +266,12 @@ def _read_run(path: Path) -> dict | None:
 
 
 def reproduce(
-    config: ExperimentConfig, out_dir: str | Path, *, cache_dir: str | Path | None = None,
+    config: ExperimentConfig,
+    out_dir: str | Path,
+    *,
+    cache_dir: str | Path | None = None,
     verbose: bool = True,
-) -> Path:  # fmt: skip
+) -> Path:
     """The whole experiment: stages, runs, `results.csv`, `run.json`, summary and figures."""
     out_dir = Path(out_dir)
     validate(config)
@@ -219,8 +281,12 @@ def reproduce(
     results = run_all(prepared, config, out_dir, verbose=verbose)
     prepared.timings["candidate_generators"] = time.perf_counter() - start
     atomic_write_text(out_dir / "results.csv", results.to_csv(index=False))
-    atomic_write_text(out_dir / "world_probabilities.json", json.dumps(probability_histogram(prepared.world)))
-    atomic_write_text(out_dir / "run.json", json.dumps(run_metadata(prepared, config, started), indent=2))
+    atomic_write_text(
+        out_dir / "world_probabilities.json", json.dumps(probability_histogram(prepared.world))
+    )
+    atomic_write_text(
+        out_dir / "run.json", json.dumps(run_metadata(prepared, config, started), indent=2)
+    )
     from twostage import report
 
     report.write_summary(out_dir)
@@ -233,8 +299,12 @@ def reproduce(
 def probability_histogram(world: World, bins: int = 50) -> dict:
     counts = torch.histc(world.probabilities, bins=bins, min=0.0, max=1.0)
     edges = np.linspace(0.0, 1.0, bins + 1)
-    return {"bin_edges": edges.tolist(), "counts": counts.long().tolist(), "cut": world.cut,
-            "positive_share": world.positive_share}  # fmt: skip
+    return {
+        "bin_edges": edges.tolist(),
+        "counts": counts.long().tolist(),
+        "cut": world.cut,
+        "positive_share": world.positive_share,
+    }
 
 
 def run_metadata(prepared: Prepared, config: ExperimentConfig, started: float) -> dict:
@@ -242,19 +312,29 @@ def run_metadata(prepared: Prepared, config: ExperimentConfig, started: float) -
     return {
         "dataset": data.name,
         "synthetic": data.synthetic,
-        "data": {"path": data.path, "layout": data.layout, "fingerprint": data.fingerprint,
-                 **data.catalog.cardinalities(), "ratings": data.n_ratings},  # fmt: skip
+        "data": {
+            "path": data.path,
+            "layout": data.layout,
+            "fingerprint": data.fingerprint,
+            **data.catalog.cardinalities(),
+            "ratings": data.n_ratings,
+        },
         "config": config.to_dict(),
         "package_version": twostage.__version__,
         "torch_version": torch.__version__,
         "python": platform.python_version(),
         "device": str(prepared.device),
-        "world": {"cut": world.cut, "cut_rule": world.cut_rule,
-                  "positive_share": world.positive_share},  # fmt: skip
+        "world": {
+            "cut": world.cut,
+            "cut_rule": world.cut_rule,
+            "positive_share": world.positive_share,
+        },
         "simulator": {k: v for k, v in prepared.simulator["info"].items() if k != "curve"},
         "logging_policy": {"val_auc": prepared.logging_policy["info"]["val_auc"]},
-        "bandit_log": {"impressions": len(prepared.log["users"]),
-                       "positives": int(prepared.log["rewards"].sum())},  # fmt: skip
+        "bandit_log": {
+            "impressions": len(prepared.log["users"]),
+            "positives": int(prepared.log["rewards"].sum()),
+        },
         "ranker": prepared.ranker["info"],
         "stage_keys": prepared.keys,
         "stage_cached": prepared.cached,

@@ -26,8 +26,18 @@ from twostage.pipeline.experiment import Prepared, prepare
 from twostage.pipeline.training import batches, seeded
 from twostage.propensity import inclusion_probabilities
 
-OPE_COLUMNS = ["policy", "method", "seed", "evaluation", "estimator", "propensity", "estimate",
-               "true_value", "true_value_stderr", "bias"]  # fmt: skip
+OPE_COLUMNS = [
+    "policy",
+    "method",
+    "seed",
+    "evaluation",
+    "estimator",
+    "propensity",
+    "estimate",
+    "true_value",
+    "true_value_stderr",
+    "bias",
+]
 
 
 def policy_probs(prepared: Prepared, state: dict, chunk: int = 1024) -> torch.Tensor:
@@ -42,8 +52,9 @@ def policy_probs(prepared: Prepared, state: dict, chunk: int = 1024) -> torch.Te
     return out
 
 
-def impression_propensities(prepared: Prepared, logging_probs: torch.Tensor,
-                            n_samples: int) -> dict[str, torch.Tensor]:  # fmt: skip
+def impression_propensities(
+    prepared: Prepared, logging_probs: torch.Tensor, n_samples: int
+) -> dict[str, torch.Tensor]:
     """Per-impression logging probabilities: "single" (as logged) and "inclusion" (P(a∈S)/K)."""
     log = prepared.log
     k = int(log["k"])
@@ -51,37 +62,63 @@ def impression_propensities(prepared: Prepared, logging_probs: torch.Tensor,
     inclusion = log.get("inclusion_propensities")
     if inclusion is None:
         items = log["items"].view(-1, k)
-        estimate, _ = inclusion_probabilities(logging_probs, items, k, n_samples=n_samples,
-                                              generator=seeded(1_000_003))  # fmt: skip
+        estimate, _ = inclusion_probabilities(
+            logging_probs, items, k, n_samples=n_samples, generator=seeded(1_000_003)
+        )
         inclusion = torch.maximum(estimate, logging_probs.gather(1, items)).reshape(-1)
     return {"single": single.double(), "inclusion": inclusion.double() / k}
 
 
-def evaluate_policy(prepared: Prepared, probs: torch.Tensor, propensities: dict[str, torch.Tensor],
-                    *, slate_size: int, n_slates: int, seed: int) -> list[dict]:  # fmt: skip
+def evaluate_policy(
+    prepared: Prepared,
+    probs: torch.Tensor,
+    propensities: dict[str, torch.Tensor],
+    *,
+    slate_size: int,
+    n_slates: int,
+    seed: int,
+) -> list[dict]:
     """Rows of estimates and true values for π = probs and its two-stage policy."""
     log, labels = prepared.log, prepared.world.labels
     users, items, rewards = log["users"], log["items"], log["rewards"]
-    two_stage = two_stage_policy(probs, prepared.context.ranker_scores, slate_size=slate_size,
-                                 n_slates=n_slates, labels=labels,
-                                 generator=seeded(seed))  # fmt: skip
-    targets = [("one-stage", "", probs, true_value(probs, labels), 0.0),
-               ("two-stage", "two-stage-", two_stage.probs, two_stage.value,
-                two_stage.value_stderr)]  # fmt: skip
+    two_stage = two_stage_policy(
+        probs,
+        prepared.context.ranker_scores,
+        slate_size=slate_size,
+        n_slates=n_slates,
+        labels=labels,
+        generator=seeded(seed),
+    )
+    targets = [
+        ("one-stage", "", probs, true_value(probs, labels), 0.0),
+        ("two-stage", "two-stage-", two_stage.probs, two_stage.value, two_stage.value_stderr),
+    ]
     rows = []
     for evaluation, prefix, target, truth, truth_stderr in targets:
         for propensity, mu in propensities.items():
             for name, estimator in (("ips", ips_estimate), ("snips", snips_estimate)):
                 estimate = estimator(target, users, items, rewards, mu)
-                rows.append({"evaluation": evaluation, "estimator": prefix + name,
-                             "propensity": propensity, "estimate": estimate,
-                             "true_value": truth, "true_value_stderr": truth_stderr,
-                             "bias": estimate - truth})  # fmt: skip
+                rows.append(
+                    {
+                        "evaluation": evaluation,
+                        "estimator": prefix + name,
+                        "propensity": propensity,
+                        "estimate": estimate,
+                        "true_value": truth,
+                        "true_value_stderr": truth_stderr,
+                        "bias": estimate - truth,
+                    }
+                )
     return rows
 
 
-def evaluate(out_dir: str | Path, *, cache_dir: str | Path | None = None, n_slates: int = 200,
-             verbose: bool = True) -> Path:  # fmt: skip
+def evaluate(
+    out_dir: str | Path,
+    *,
+    cache_dir: str | Path | None = None,
+    n_slates: int = 200,
+    verbose: bool = True,
+) -> Path:
     """Write `OUT/ope.csv` and `OUT/ope.md` for the runs of a `reproduce` output folder."""
     out_dir = Path(out_dir)
     meta_path = out_dir / "run.json"
@@ -90,8 +127,7 @@ def evaluate(out_dir: str | Path, *, cache_dir: str | Path | None = None, n_slat
     config = config_from_dict(json.loads(meta_path.read_text())["config"])
     prepared = prepare(config, cache=StageCache(cache_dir), verbose=verbose)
     logging_probs = policy_probs(prepared, prepared.logging_policy["state"])
-    propensities = impression_propensities(prepared, logging_probs,
-                                           config.bandit.inclusion_samples)  # fmt: skip
+    propensities = impression_propensities(prepared, logging_probs, config.bandit.inclusion_samples)
     slate_size = config.candidates.eval_k
     policies = [("logging", "logging", config.logging_policy.seed, logging_probs)]
     missing = []
@@ -107,8 +143,9 @@ def evaluate(out_dir: str | Path, *, cache_dir: str | Path | None = None, n_slat
         raise ConfigError(f"No trained models in {out_dir / 'runs'} (*.pt); rerun `reproduce`.")
     rows = []
     for policy, method, seed, probs in policies:
-        for row in evaluate_policy(prepared, probs, propensities, slate_size=slate_size,
-                                   n_slates=n_slates, seed=seed):  # fmt: skip
+        for row in evaluate_policy(
+            prepared, probs, propensities, slate_size=slate_size, n_slates=n_slates, seed=seed
+        ):
             rows.append({"policy": policy, "method": method, "seed": seed, **row})
     frame = pd.DataFrame(rows)[OPE_COLUMNS]
     atomic_write_text(out_dir / "ope.csv", frame.to_csv(index=False))
@@ -118,10 +155,17 @@ def evaluate(out_dir: str | Path, *, cache_dir: str | Path | None = None, n_slat
 
 def ope_markdown(frame: pd.DataFrame, out_dir: Path, missing: list[str]) -> str:
     """Mean bias and its spread over seeds per method × estimator, then the greedy rewards."""
-    table = (frame.groupby(["method", "evaluation", "estimator", "propensity"], sort=False)
-             .agg(true_value=("true_value", "mean"), estimate=("estimate", "mean"),
-                  mean_bias=("bias", "mean"), bias_sd=("bias", "std"), seeds=("seed", "nunique"))
-             .reset_index())  # fmt: skip
+    table = (
+        frame.groupby(["method", "evaluation", "estimator", "propensity"], sort=False)
+        .agg(
+            true_value=("true_value", "mean"),
+            estimate=("estimate", "mean"),
+            mean_bias=("bias", "mean"),
+            bias_sd=("bias", "std"),
+            seeds=("seed", "nunique"),
+        )
+        .reset_index()
+    )
     table["method"] = table["method"].map(lambda m: METHOD_NAMES.get(m, m))
     lines = [
         "# Off-policy evaluation against the truth",
@@ -139,12 +183,20 @@ def ope_markdown(frame: pd.DataFrame, out_dir: Path, missing: list[str]) -> str:
     if results_path.is_file():
         results = pd.read_csv(results_path)
         greedy = results[(results.metric == "reward") & (results.epoch == results.best_epoch)]
-        greedy = (greedy.groupby(["method", "evaluation"], sort=False)["value"]
-                  .agg(["mean", "std", "count"]).reset_index())  # fmt: skip
+        greedy = (
+            greedy.groupby(["method", "evaluation"], sort=False)["value"]
+            .agg(["mean", "std", "count"])
+            .reset_index()
+        )
         greedy["method"] = greedy["method"].map(lambda m: METHOD_NAMES.get(m, m))
-        lines += ["", "## Greedy top-item reward at the best epoch (from results.csv)", "",
-                  "The deterministic policies the paper reports, for comparison.", "",
-                  *_markdown(greedy)]  # fmt: skip
+        lines += [
+            "",
+            "## Greedy top-item reward at the best epoch (from results.csv)",
+            "",
+            "The deterministic policies the paper reports, for comparison.",
+            "",
+            *_markdown(greedy),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -154,8 +206,7 @@ def _markdown(frame: pd.DataFrame) -> list[str]:
     def cell(value) -> str:
         return f"{value:.4g}" if isinstance(value, float) else str(value)
 
-    lines = ["| " + " | ".join(map(str, frame.columns)) + " |",
-             "|" + "---|" * len(frame.columns)]  # fmt: skip
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
     lines += [
         "| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)
     ]

@@ -56,8 +56,12 @@ def train_simulator(
     def evaluate(part: slice) -> float:
         model.eval()
         with torch.no_grad():
-            scores = torch.cat([model(users[part][i], items[part][i], times[part][i])
-                                for i in batches(part.stop - part.start, 65536, shuffle=False)])  # fmt: skip
+            scores = torch.cat(
+                [
+                    model(users[part][i], items[part][i], times[part][i])
+                    for i in batches(part.stop - part.start, 65536, shuffle=False)
+                ]
+            )
         model.train()
         return auc(scores, labels[part])
 
@@ -66,8 +70,9 @@ def train_simulator(
     for epoch in range(config.epochs):
         for batch in batches(len(train_idx), config.batch_size, shuffle=True, generator=generator):
             idx = train_idx[batch].to(device)
-            loss = F.binary_cross_entropy_with_logits(model(users[idx], items[idx], times[idx]),
-                                                      labels[idx])  # fmt: skip
+            loss = F.binary_cross_entropy_with_logits(
+                model(users[idx], items[idx], times[idx]), labels[idx]
+            )
             check_finite(loss, stage="simulator", epoch=epoch, step=step)
             opt.zero_grad()
             loss.backward()
@@ -124,8 +129,11 @@ class World:
 
 def is_paper_ml1m(data: MovieLens) -> bool:
     """True for the real ML-1M (the only data the paper's cut was chosen for)."""
-    return not data.synthetic and data.layout == "ml-1m" and (data.n_users, data.n_items) == (
-        6040, 3883)  # fmt: skip
+    return (
+        not data.synthetic
+        and data.layout == "ml-1m"
+        and (data.n_users, data.n_items) == (6040, 3883)
+    )
 
 
 def user_timestamp_moments(data: MovieLens) -> tuple[np.ndarray, np.ndarray]:
@@ -144,7 +152,9 @@ def user_timestamp_moments(data: MovieLens) -> tuple[np.ndarray, np.ndarray]:
     return mean, std
 
 
-def choose_cut(probabilities: torch.Tensor, data: MovieLens, config: WorldConfig) -> tuple[float, str]:
+def choose_cut(
+    probabilities: torch.Tensor, data: MovieLens, config: WorldConfig
+) -> tuple[float, str]:
     if config.cut is not None:
         return float(config.cut), "given cut"
     share = config.positive_share
@@ -176,9 +186,11 @@ def build_world(
         for chunk in batches(data.n_users, config.chunk_users, shuffle=False):
             users = chunk.to(device)
             probabilities[chunk] = torch.sigmoid(
-                simulator.score_all(users, timestamps[chunk].to(device))).cpu()  # fmt: skip
+                simulator.score_all(users, timestamps[chunk].to(device))
+            ).cpu()
             at_mean[chunk] = torch.sigmoid(
-                simulator.score_all(users, mean_timestamps[chunk].to(device))).cpu()  # fmt: skip
+                simulator.score_all(users, mean_timestamps[chunk].to(device))
+            ).cpu()
     cut, rule = choose_cut(probabilities, data, config)
     return World(
         timestamps=timestamps,
@@ -204,7 +216,9 @@ def train_logging_policy(
             f"The logging policy needs n_train + n_val = {config.n_train + config.n_val} distinct "
             f"pairs, but the world has only {n_pairs:,}; use a larger dataset or smaller sizes."
         )
-    order = torch.from_numpy(numpy_rng(config.seed).permutation(n_pairs)[: config.n_train + config.n_val])
+    order = torch.from_numpy(
+        numpy_rng(config.seed).permutation(n_pairs)[: config.n_train + config.n_val]
+    )
     users, items = (order // n_items).to(device), (order % n_items).to(device)
     labels = world.labels.reshape(-1)[order].float().to(device)
     val = slice(config.n_train, None)
@@ -214,8 +228,9 @@ def train_logging_policy(
     generator = seeded(config.seed)
     curve = []
     for epoch in range(config.epochs):
-        for step, idx in enumerate(batches(config.n_train, config.batch_size, shuffle=True,
-                                           generator=generator)):  # fmt: skip
+        for step, idx in enumerate(
+            batches(config.n_train, config.batch_size, shuffle=True, generator=generator)
+        ):
             idx = idx.to(device)
             loss = F.binary_cross_entropy_with_logits(model(users[idx], items[idx]), labels[idx])
             check_finite(loss, stage="logging policy", epoch=epoch, step=step)
@@ -266,9 +281,12 @@ def sample_bandit_log(
     if config.propensity == "inclusion":
         # Its own generator, so the log's draws are the same with either propensity.
         estimate, stderr = inclusion_probabilities(
-            log_probs.exp(), items, config.k, n_samples=config.inclusion_samples,
+            log_probs.exp(),
+            items,
+            config.k,
+            n_samples=config.inclusion_samples,
             generator=seeded(config.seed + 1_000_003),
-        )  # fmt: skip
+        )
         # P(a ∈ S) ≥ P(a drawn first): the bound keeps a propensity below MC resolution positive.
         log["inclusion_propensities"] = torch.maximum(estimate, single).reshape(-1).float()
         log["inclusion_stderr"] = stderr.reshape(-1).float()
@@ -291,11 +309,19 @@ def train_ranker(
     losses = []
     for epoch in range(config.epochs):
         total = 0.0
-        for step, idx in enumerate(batches(len(users), config.batch_size, shuffle=config.shuffle,
-                                           generator=generator, drop_last=True)):  # fmt: skip
+        for step, idx in enumerate(
+            batches(
+                len(users),
+                config.batch_size,
+                shuffle=config.shuffle,
+                generator=generator,
+                drop_last=True,
+            )
+        ):
             idx = idx.to(device)
-            loss = F.binary_cross_entropy_with_logits(model(users[idx], items[idx], times[idx]),
-                                                      rewards[idx])  # fmt: skip
+            loss = F.binary_cross_entropy_with_logits(
+                model(users[idx], items[idx], times[idx]), rewards[idx]
+            )
             check_finite(loss, stage="ranker", epoch=epoch, step=step)
             opt.zero_grad()
             loss.backward()
@@ -314,8 +340,9 @@ def train_ranker(
     return {"state": _cpu_state(model), "info": info}
 
 
-def ranker_scores(catalog: Catalog, ranker_state: dict, world: World, device: torch.device,
-                  chunk: int = 1024) -> torch.Tensor:  # fmt: skip
+def ranker_scores(
+    catalog: Catalog, ranker_state: dict, world: World, device: torch.device, chunk: int = 1024
+) -> torch.Tensor:
     """(n_users, n_items) ranker scores at each user's mean timestamp."""
     ranker = Ranker(catalog)
     ranker.load_state_dict(ranker_state)

@@ -50,8 +50,9 @@ def parse_grid(items: list[str]) -> dict[str, list]:
     for item in items:
         name, _, values = item.partition("=")
         if name not in FACTORS or not values:
-            raise ConfigError(f"--grid {item!r}: expected NAME=V1,V2,… with NAME one of "
-                              f"{', '.join(FACTORS)}.")  # fmt: skip
+            raise ConfigError(
+                f"--grid {item!r}: expected NAME=V1,V2,… with NAME one of {', '.join(FACTORS)}."
+            )
         kind = FACTORS[name].kind
         try:
             parsed = [_parse(kind, v) for v in values.split(",")]
@@ -77,9 +78,13 @@ def cell_config(base: ExperimentConfig, name: str, value) -> ExperimentConfig:
 
 
 def sweep(
-    base: ExperimentConfig, grid: dict[str, list], out_dir: str | Path, *,
-    cache_dir: str | Path | None = None, verbose: bool = True,
-) -> pd.DataFrame:  # fmt: skip
+    base: ExperimentConfig,
+    grid: dict[str, list],
+    out_dir: str | Path,
+    *,
+    cache_dir: str | Path | None = None,
+    verbose: bool = True,
+) -> pd.DataFrame:
     """Run every cell of `grid` and write `OUT/sweep.csv` and one figure per factor."""
     from twostage import report
     from twostage.pipeline.experiment import prepare, run_all
@@ -99,8 +104,10 @@ def sweep(
     summary = pd.concat(frames, ignore_index=True)
     atomic_write_text(out_dir / "sweep.csv", summary.to_csv(index=False))
     for name in grid:
-        atomic_write_bytes(out_dir / "figures" / f"{name}.png",
-                           factor_figure(summary[summary.factor == name], name))  # fmt: skip
+        atomic_write_bytes(
+            out_dir / "figures" / f"{name}.png",
+            factor_figure(summary[summary.factor == name], name),
+        )
     return summary
 
 
@@ -114,14 +121,21 @@ def factor_figure(rows: pd.DataFrame, name: str, metric: str = "Precision@10") -
     figure = Figure(figsize=(9, 3.6))
     FigureCanvasAgg(figure)
     values = list(dict.fromkeys(rows["value"]))
-    for ax, evaluation in zip(figure.subplots(1, 2, sharey=True), ("two-stage", "one-stage"),
-                              strict=True):  # fmt: skip
+    for ax, evaluation in zip(
+        figure.subplots(1, 2, sharey=True), ("two-stage", "one-stage"), strict=True
+    ):
         for method, group in rows[
             (rows.evaluation == evaluation) & (rows.metric == metric)
         ].groupby("method", sort=False):
             group = group.set_index("value").reindex(values)
-            ax.errorbar(range(len(values)), group["mean"] * 100, yerr=group["stderr"] * 100,
-                        marker="o", capsize=3, label=method)  # fmt: skip
+            ax.errorbar(
+                range(len(values)),
+                group["mean"] * 100,
+                yerr=group["stderr"] * 100,
+                marker="o",
+                capsize=3,
+                label=method,
+            )
         ax.set_xticks(range(len(values)), values)
         ax.set_xlabel(name)
         ax.set_title(f"{evaluation} test {metric}")

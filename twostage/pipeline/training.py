@@ -18,8 +18,10 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device} was asked for, but this machine has no CUDA device "
-                          "(use --device cpu or --device auto).")  # fmt: skip
+        raise ConfigError(
+            f"--device {device} was asked for, but this machine has no CUDA device "
+            "(use --device cpu or --device auto)."
+        )
     return torch.device(device)
 
 
