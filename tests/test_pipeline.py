@@ -165,7 +165,7 @@ def test_bad_data_through_the_cli_gives_one_paragraph_and_status_2(tmp_path: Pat
 
 
 # ---------------------------------------------------------------- real processes
-def _cli(tmp_path: Path, world: Path, out: Path, seeds: str = "0-3") -> list[str]:
+def _cli(tmp_path: Path, world: Path, out: Path, seeds: str = "0-3", epochs: int = 2) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -178,7 +178,7 @@ def _cli(tmp_path: Path, world: Path, out: Path, seeds: str = "0-3") -> list[str
         "--seeds",
         seeds,
         "--epochs",
-        "2",
+        str(epochs),
         "--out",
         str(out),
         "--cache-dir",
@@ -209,8 +209,9 @@ def test_a_killed_sweep_resumes_without_recomputing_and_matches(
     sig, tiny_world: Path, tmp_path: Path
 ):
     out = tmp_path / "killed"
+    command = _cli(tmp_path, tiny_world, out, seeds="0-9", epochs=8)
     process = subprocess.Popen(
-        _cli(tmp_path, tiny_world, out),
+        command,
         env=_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -222,16 +223,14 @@ def test_a_killed_sweep_resumes_without_recomputing_and_matches(
     assert finished and not (out / "results.csv").exists()
     for path in (out / "runs").glob("*.json"):
         json.loads(path.read_text())  # every stored run is whole
-    resumed = subprocess.run(
-        _cli(tmp_path, tiny_world, out), env=_env(), capture_output=True, text=True, timeout=300
-    )
+    resumed = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     for name, stamp in finished.items():
         assert (out / "runs" / name).stat().st_mtime_ns == stamp  # not recomputed
     assert "[simulator] cached" in resumed.stderr + resumed.stdout
     straight = tmp_path / "straight"
     done = subprocess.run(
-        _cli(tmp_path, tiny_world, straight),
+        [*command[:-6], "--out", str(straight), *command[-4:]],
         env=_env(),
         capture_output=True,
         text=True,
