@@ -215,6 +215,8 @@ def test_a_killed_sweep_resumes_without_recomputing_and_matches(
         env=_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        # A shell's background jobs inherit an ignored SIGINT; give the child the default back.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     _wait_for_runs(out, 2, process)
     process.send_signal(sig)
