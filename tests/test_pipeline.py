@@ -322,3 +322,28 @@ def test_sweep_grid_errors_are_clear():
         parse_grid(["gamma=1"])
     with pytest.raises(ConfigError, match="must be ints"):
         parse_grid(["slate_size=ten"])
+
+
+@pytest.mark.parametrize("bad", [0.0, float("nan"), 1.5])
+def test_a_bandit_log_with_bad_propensities_is_refused_naming_the_row(bad, tiny_world, tmp_path):
+    from twostage.pipeline.experiment import make_context
+
+    config = tiny_config(tiny_world)
+    prepared = prepare(config, cache=StageCache(tmp_path), verbose=False)
+    log = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in prepared.log.items()}
+    log["propensities"][7] = bad
+    with pytest.raises(NumericsError, match="bandit log: impression 7 .*expected a probability"):
+        make_context(prepared.data, prepared.world, log, prepared.ranker, config, prepared.device)
+
+
+def test_a_numerics_error_in_training_names_stage_epoch_and_step(tiny_world, tmp_path):
+    from twostage.pipeline.candidates import train_candidate_generator
+
+    config = tiny_config(tiny_world)
+    prepared = prepare(config, cache=StageCache(tmp_path), verbose=False)
+    context = prepared.context
+    context.propensities = context.propensities.clone()
+    context.propensities[3] = float("nan")  # slipped past the log check
+    small = with_overrides(config, {"candidates": {"batch_size": 8}}).candidates
+    with pytest.raises(NumericsError, match=r"candidate generator ips seed 0, epoch 0, step 0"):
+        train_candidate_generator("ips", 0, context, small, prepared.device)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from twostage.data import Catalog
+from twostage.errors import NumericsError
 from twostage.evaluation import Evaluator
 from twostage.losses import cross_entropy_loss, ips_loss, two_stage_ips_loss
 from twostage.losses_topk import topk_ips_loss
@@ -151,19 +152,21 @@ def train_candidate_generator(
             batch_users = users[idx]
             logits = model.score_all(batch_users)
             ranker_logits = ranker_scores[batch_users] if ranker_scores is not None else None
-            loss = method_loss(
-                method,
-                logits,
-                items[idx],
-                propensities[idx],
-                ranker_logits,
-                config,
-                device_generator,
-                k=context.k,
-            )
-            check_finite(
-                loss, stage=f"candidate generator {method} seed {seed}", epoch=epoch, step=step
-            )
+            stage = f"candidate generator {method} seed {seed}"
+            try:
+                loss = method_loss(
+                    method,
+                    logits,
+                    items[idx],
+                    propensities[idx],
+                    ranker_logits,
+                    config,
+                    device_generator,
+                    k=context.k,
+                )
+            except NumericsError as err:  # name where it happened, not only the batch row
+                raise NumericsError(f"{stage}, epoch {epoch}, step {step}: {err}") from err
+            check_finite(loss, stage=stage, epoch=epoch, step=step)
             opt.zero_grad()
             loss.backward()
             opt.step()

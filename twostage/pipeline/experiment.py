@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 import twostage
 from twostage.data import MovieLens, load_movielens
+from twostage.errors import NumericsError
 from twostage.evaluation import Evaluator
 from twostage.pipeline.cache import StageCache, atomic_write_bytes, atomic_write_text, stable_key
 from twostage.pipeline.candidates import Context, train_candidate_generator, validation_size
@@ -181,6 +182,7 @@ def make_context(
     device: torch.device,
 ) -> Context:
     """The logged positives, the ranker's scores and the evaluator shared by all runs."""
+    check_propensities(log["propensities"], log["users"], log["items"])
     positive = log["rewards"] > 0
     if config.ranker.oracle:
         scores = torch.logit(world.probabilities_at_mean.double(), eps=1e-12).float()
@@ -200,6 +202,20 @@ def make_context(
         test_users=torch.arange(n_val, data.n_users),
         k=int(log["k"]),
     )
+
+
+def check_propensities(
+    propensities: torch.Tensor, users: torch.Tensor, items: torch.Tensor
+) -> None:
+    """Refuse a bandit log whose propensities are not in (0, 1], naming the first bad row."""
+    bad = ~((propensities > 0) & (propensities <= 1))  # NaN fails both comparisons
+    if bad.any():
+        row = int(bad.nonzero()[0, 0])
+        raise NumericsError(
+            f"bandit log: impression {row} (user row {int(users[row])}, item row "
+            f"{int(items[row])}) has propensity {float(propensities[row])}; expected a "
+            "probability in (0, 1]. Training stopped before it started."
+        )
 
 
 def run_key(prepared: Prepared, config: ExperimentConfig, method: str, seed: int) -> str:
