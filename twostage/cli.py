@@ -103,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="candidate sets per user for the two-stage policy (200)",
     )
 
+    compare = commands.add_parser(
+        "compare", help="check a run's summary against a committed one within standard errors"
+    )
+    compare.add_argument("out", help="an output directory of `twostage reproduce`")
+    compare.add_argument("reference", help="a directory with the reference summary.csv")
+    compare.add_argument("--n-se", type=float, default=3.0, help="allowed standard errors (3)")
+
     summarize = commands.add_parser("summarize", help="rebuild the table and figures of a run")
     summarize.add_argument("out", help="an output directory of `twostage reproduce`")
     return parser
@@ -239,6 +246,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from twostage.compare import compare_summaries
+
+    table = compare_summaries(args.out, args.reference, n_se=args.n_se)
+    print(table.to_string(index=False))
+    disagree = int((~table["agrees"]).sum())
+    print(
+        f"\n{len(table) - disagree} of {len(table)} means agree within "
+        f"{args.n_se:g} standard errors."
+    )
+    return 1 if disagree else 0
+
+
 def cmd_summarize(args: argparse.Namespace) -> int:
     from twostage import report
 
@@ -257,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         "reproduce": cmd_reproduce,
         "sweep": cmd_sweep,
         "summarize": cmd_summarize,
+        "compare": cmd_compare,
         "evaluate": cmd_evaluate,
     }
     try:
