@@ -174,23 +174,10 @@ def experiment_config(args: argparse.Namespace):
     config = with_overrides(config, overrides)
     validate(config)
     resolve_device(config.device)
-    _check_dataset(config.dataset)
+    from twostage.data import check_source
+
+    check_source(config.dataset)
     return config
-
-
-def _check_dataset(dataset: str) -> None:
-    from twostage.data import NAMED_SOURCES, detect_layout
-    from twostage.errors import ConfigError
-
-    if dataset in NAMED_SOURCES:
-        return
-    path = Path(dataset).expanduser()
-    if not path.is_dir():
-        raise ConfigError(
-            f"Unknown dataset {dataset!r}: expected one of {', '.join(NAMED_SOURCES)} "
-            "or the path of a directory holding MovieLens files (ML-1M or ML-100K layout)."
-        )
-    detect_layout(path)
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -218,7 +205,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     config = with_overrides(profile_config(args.profile), overrides)
     validate(config)
     resolve_device(config.device)
-    _check_dataset(config.dataset)
+    from twostage.data import check_source
+
+    check_source(config.dataset)
     if config.threads > 0:
         import torch
 

@@ -102,9 +102,12 @@ def _weights_from_pi_a(
     weights = pi_a.detach() / propensities.to(pi_a.dtype)
     if clip:
         weights = weights.clamp(min=floor, max=cap)
-    if normalise:
-        weights = weights / weights.mean()
-    return weights
+    return normalise_weights(weights) if normalise else weights
+
+
+def normalise_weights(weights: torch.Tensor) -> torch.Tensor:
+    """(batch,) weights divided by their batch mean, as every IPS loss here uses them."""
+    return weights / weights.mean()
 
 
 def ips_weights(

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from twostage.errors import ConfigError
-from twostage.losses import ips_weights
+from twostage.losses import ips_weights, normalise_weights
 
 __all__ = ["top_k_multiplier", "topk_ips_loss"]
 
@@ -53,6 +53,5 @@ def topk_ips_loss(
     log_pi_a = F.log_softmax(logits, dim=1).gather(1, actions.view(-1, 1)).squeeze(1)
     with torch.no_grad():
         weights = ratio.to(log_pi_a.dtype) * top_k_multiplier(log_pi_a.detach().exp(), k)
-        weights = weights.clamp(min=floor, max=cap)
-        weights = weights / weights.mean()
+        weights = normalise_weights(weights.clamp(min=floor, max=cap))
     return -(weights * log_pi_a).mean()

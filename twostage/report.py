@@ -8,10 +8,8 @@ Tables 2 and 3 do, with the standard error over seeds (std with ddof=1 / sqrt(n_
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from twostage.errors import DataFormatError
+from twostage.files import atomic_write_bytes, atomic_write_text
+from twostage.pipeline.config import METHOD_NAMES
 
 RESULT_COLUMNS = [
     "dataset",
@@ -33,7 +33,6 @@ RESULT_COLUMNS = [
     "best_epoch",
 ]
 SUMMARY_COLUMNS = ["method", "evaluation", "metric", "mean", "stderr", "n_seeds", "gain_vs_ce_pct"]
-METHOD_NAMES = {"ce": "Cross-entropy", "ips": "1-IPS", "2s": "2-IPS", "ips-topk": "Top-K IPS"}
 EVALUATIONS = ["two-stage", "one-stage"]
 METRICS = [
     "Precision@1",
@@ -224,29 +223,9 @@ def format_summary(out_dir: str | Path) -> str:
     return "\n".join(lines)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
-    """Call `write(tmp)` on a temporary sibling of `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _write_text(path: Path, text: str) -> Path:
-    return _atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write_text(path, text)
+    return path
 
 
 def write_summary(out_dir: str | Path) -> dict[str, Path]:
@@ -260,9 +239,10 @@ def write_summary(out_dir: str | Path) -> dict[str, Path]:
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    return _atomic_write(
-        path, lambda tmp: fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight")
-    )
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=150, bbox_inches="tight")
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
 
 
 def _title(text: str, synthetic: bool) -> str:

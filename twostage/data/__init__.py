@@ -21,6 +21,24 @@ def synthetic_dir(shape: str = "ml-1m", seed: int = 0, cache_dir: str | Path | N
     return write_synthetic_movielens(directory, shape=shape, seed=seed)
 
 
+def check_source(source: str | Path) -> Path | None:
+    """Refuse an unusable `source` before any work: None for a known name, else its directory.
+
+    Reads nothing and downloads nothing; a directory must hold one of the two layouts.
+    """
+    text = str(source)
+    if text in NAMED_SOURCES:
+        return None
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        raise ConfigError(
+            f"Unknown dataset {text!r}: expected one of {', '.join(NAMED_SOURCES)} "
+            "or the path of a directory holding MovieLens files (ML-1M or ML-100K layout)."
+        )
+    detect_layout(path)
+    return path
+
+
 def resolve_source(
     source: str | Path, *, cache_dir: str | Path | None = None, download: bool = True
 ) -> tuple[Path, str]:
@@ -34,13 +52,8 @@ def resolve_source(
         return find_or_fetch(text, cache_dir, download), text
     if text in SYNTHETIC_SOURCES:
         return synthetic_dir(SYNTHETIC_SOURCES[text], 0, cache_dir), text
-    path = Path(text).expanduser()
-    if path.is_dir():
-        return path, path.resolve().name
-    raise ConfigError(
-        f"Unknown dataset {text!r}: expected one of {', '.join(NAMED_SOURCES)} "
-        "or the path of a directory holding MovieLens files (ML-1M or ML-100K layout)."
-    )
+    path = check_source(text)
+    return path, path.resolve().name
 
 
 def load_movielens(
@@ -61,6 +74,7 @@ __all__ = [
     "GENRES",
     "NAMED_SOURCES",
     "Catalog",
+    "check_source",
     "MovieLens",
     "default_data_dir",
     "detect_layout",

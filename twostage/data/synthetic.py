@@ -22,32 +22,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from twostage.data.movielens import GENRES
 from twostage.errors import ConfigError
 
 GENERATOR_VERSION = 1
 MARKER_NAME = "SYNTHETIC.json"
 DATA_FILES = ("users.dat", "movies.dat", "ratings.dat")
 
-GENRES: tuple[str, ...] = (
-    "Action",
-    "Adventure",
-    "Animation",
-    "Children's",
-    "Comedy",
-    "Crime",
-    "Documentary",
-    "Drama",
-    "Fantasy",
-    "Film-Noir",
-    "Horror",
-    "Musical",
-    "Mystery",
-    "Romance",
-    "Sci-Fi",
-    "Thriller",
-    "War",
-    "Western",
-)
 AGE_CODES = np.array([1, 18, 25, 35, 45, 50, 56])
 MIN_RATINGS_PER_USER = 20
 FIRST_YEAR, LAST_YEAR = 1919, 2000

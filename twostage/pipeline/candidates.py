@@ -13,7 +13,7 @@ from twostage.losses import cross_entropy_loss, ips_loss, two_stage_ips_loss
 from twostage.losses_topk import topk_ips_loss
 from twostage.models import Nominator
 from twostage.pipeline.config import CandidateConfig
-from twostage.pipeline.training import adagrad, batches, check_finite, seeded
+from twostage.pipeline.training import adagrad, batches, check_finite, cpu_state, seeded
 
 
 @dataclass
@@ -183,7 +183,7 @@ def train_candidate_generator(
         )
         if selected > best_value:
             best_epoch, best_value = epoch, selected
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            best_state = cpu_state(model)
         if progress is not None:
             progress.update(1)
     return {"rows": rows, "best_epoch": best_epoch, "state": best_state}

@@ -32,19 +32,9 @@ from twostage.pipeline.stages import (
     train_simulator,
 )
 from twostage.pipeline.training import resolve_device
+from twostage.report import RESULT_COLUMNS
 
 STAGE_VERSION = 1  # bump when a stage's code changes its output
-RESULT_COLUMNS = [
-    "dataset",
-    "method",
-    "seed",
-    "epoch",
-    "split",
-    "evaluation",
-    "metric",
-    "value",
-    "best_epoch",
-]
 
 
 @dataclass

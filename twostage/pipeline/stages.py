@@ -28,6 +28,7 @@ from twostage.pipeline.training import (
     auc,
     batches,
     check_finite,
+    cpu_state,
     numpy_rng,
     seeded,
 )
@@ -98,7 +99,7 @@ def train_simulator(
         "stopped_early": step < config.epochs * -(-len(train_idx) // config.batch_size),
         "train_size": len(train_idx),
     }
-    return {"state": _cpu_state(model), "info": info}
+    return {"state": cpu_state(model), "info": info}
 
 
 # ---------------------------------------------------------------- 2. semi-synthetic world
@@ -241,7 +242,7 @@ def train_logging_policy(
             model.eval()
             curve.append(auc(model(users[val], items[val]), labels[val]))
             model.train()
-    return {"state": _cpu_state(model), "info": {"val_auc": curve[-1], "curve": curve}}
+    return {"state": cpu_state(model), "info": {"val_auc": curve[-1], "curve": curve}}
 
 
 # ---------------------------------------------------------------- 4. bandit log
@@ -337,7 +338,7 @@ def train_ranker(
         truth_auc = auc(scores, world.truth[u, i].float())
         log_auc = auc(model(users, items, times), rewards)
     info = {"train_loss": losses, "truth_auc": truth_auc, "log_auc": log_auc}
-    return {"state": _cpu_state(model), "info": info}
+    return {"state": cpu_state(model), "info": info}
 
 
 def ranker_scores(
@@ -352,7 +353,3 @@ def ranker_scores(
         for idx in batches(catalog.n_users, chunk, shuffle=False):
             out[idx] = ranker.score_all(idx.to(device), world.mean_timestamps[idx].to(device)).cpu()
     return out
-
-
-def _cpu_state(model: torch.nn.Module) -> dict:
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}

@@ -71,3 +71,8 @@ def seeded(seed: int) -> torch.Generator:
 def numpy_rng(seed: int) -> np.random.RandomState:
     """The legacy NumPy generator the paper's code uses, for identical draws."""
     return np.random.RandomState(seed)
+
+
+def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of `model`'s state dict (safe to keep while training goes on)."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
