@@ -3,7 +3,9 @@
 Usage: python .ci/execute_notebooks.py [notebooks/NAME.md ...]   (default: every notebooks/*.md)
 
 Runs with TWOSTAGE_PROFILE=smoke (unless set) and cwd notebooks/, as nbval and the book do, and
-without cell timings, so that two runs give identical files.
+without cell timings, so that two runs give identical files. The outputs of cells tagged
+`nbval-check-output` are compared exactly by .ci/notebooks; the trained numbers the chapters
+record are checked against notebooks/recorded_values.json (.ci/calibrate_notebook_values.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,14 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 
 
+def run_cells(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Execute `nb` in place as nbval and the book do: a fresh kernel, cwd notebooks/."""
+    client = NotebookClient(nb, timeout=600, kernel_name="python3", record_timing=False,
+                            resources={"metadata": {"path": str(NOTEBOOKS)}})  # fmt: skip
+    client.execute()
+    return nb
+
+
 def execute(md: Path) -> float:
     notebook = md.with_suffix(".ipynb")
     formats = jupytext.read(md).metadata.get("jupytext", {}).get("formats")
@@ -32,9 +42,7 @@ def execute(md: Path) -> float:
     subprocess.run(["jupytext", "--quiet", "--to", "ipynb", "--update", str(md)], check=True)
     nb = nbformat.read(notebook, as_version=4)
     start = time.perf_counter()
-    client = NotebookClient(nb, timeout=600, kernel_name="python3", record_timing=False,
-                            resources={"metadata": {"path": str(NOTEBOOKS)}})  # fmt: skip
-    client.execute()
+    run_cells(nb)
     nbformat.write(nb, notebook)
     return time.perf_counter() - start
 

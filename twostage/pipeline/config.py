@@ -158,6 +158,17 @@ def with_overrides(config: ExperimentConfig, overrides: dict[str, Any]) -> Exper
     return replace(config, **changes)
 
 
+WORLD_STAGES = ("simulator", "world", "logging_policy", "bandit", "ranker")
+
+
+def with_world_seed(config: ExperimentConfig, seed: int) -> ExperimentConfig:
+    """A copy of `config` whose stages 1–5 (simulator, world, logging policy, bandit log, ranker)
+    all use `seed`: another semi-synthetic world, with the candidate-generator seeds unchanged."""
+    if seed < 0:
+        raise ConfigError(f"world seed must be ≥ 0, got {seed}.")
+    return with_overrides(config, {stage: {"seed": seed} for stage in WORLD_STAGES})
+
+
 def config_from_dict(values: dict[str, Any]) -> ExperimentConfig:
     """The ExperimentConfig of `ExperimentConfig.to_dict()` output (e.g. `run.json`'s "config").
 
