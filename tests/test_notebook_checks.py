@@ -3,16 +3,15 @@ the check fails when a perturbation changes what the chapters train or evaluate.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
-import os
 from pathlib import Path
 
 import jupytext
 import nbformat
 import pytest
 import torch
-from nbclient import NotebookClient
 
 from twostage import notebook_checks
 from twostage.notebook import setup
@@ -20,6 +19,12 @@ from twostage.notebook_checks import Comparison, committed_values, compare, floo
 from twostage.pipeline.config import profile_config
 
 ROOT = Path(__file__).resolve().parents[1]
+# The chapters run as .ci/execute_notebooks.py runs them (a fresh kernel, cwd notebooks/).
+_SPEC = importlib.util.spec_from_file_location(
+    "execute_notebooks", ROOT / ".ci" / "execute_notebooks.py"
+)
+execute_notebooks = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(execute_notebooks)
 NOTEBOOKS = ROOT / "notebooks"
 COMMITTED = json.loads((NOTEBOOKS / "recorded_values.json").read_text())
 
@@ -151,26 +156,19 @@ experiment.train_ranker = train_ranker_on_flipped_rewards
 """
 
 
-def run_chapter(chapter: str, out: Path, cache: Path, prelude: str | None) -> list[Comparison]:
-    """Execute a chapter (with `prelude` run first) and compare what it recorded."""
+def run_chapter(
+    chapter: str, out: Path, cache: Path, prelude: str | None, monkeypatch: pytest.MonkeyPatch
+) -> list[Comparison]:
+    """Execute a chapter (with `prelude` run first), as CI does, and compare what it recorded."""
     nb = jupytext.read(NOTEBOOKS / f"{chapter}.md")
     if prelude:
         nb.cells.insert(0, nbformat.v4.new_code_cell(prelude))
     records = out / "recorded"
-    env = {"TWOSTAGE_RECORD_DIR": str(records), "TWOSTAGE_PROFILE": "smoke",
-           "TWOSTAGE_CACHE": str(cache)}  # fmt: skip
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    os.environ.pop("TWOSTAGE_WORLD_SEED", None)
-    try:
-        NotebookClient(nb, timeout=600, kernel_name="python3",
-                       resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()  # fmt: skip
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    monkeypatch.setenv("TWOSTAGE_RECORD_DIR", str(records))
+    monkeypatch.setenv("TWOSTAGE_PROFILE", "smoke")
+    monkeypatch.setenv("TWOSTAGE_CACHE", str(cache))
+    monkeypatch.delenv("TWOSTAGE_WORLD_SEED", raising=False)
+    execute_notebooks.run_cells(nb)
     measured = notebook_checks.read_records(records)
     return compare(measured, {chapter: COMMITTED["values"][chapter]})
 
@@ -181,18 +179,18 @@ def biting(comparisons: list[Comparison], name: str) -> list[Comparison]:
 
 
 @pytest.mark.slow
-def test_check_fails_when_the_ranker_scores_are_shuffled(tmp_path):
+def test_check_fails_when_the_ranker_scores_are_shuffled(tmp_path, monkeypatch):
     stage_cache = tmp_path / "stages"  # shared by both runs: the shuffle acts after the stages
-    unperturbed = run_chapter("09_results", tmp_path / "a", stage_cache, None)
+    unperturbed = run_chapter("09_results", tmp_path / "a", stage_cache, None, monkeypatch)
     assert all(c.passed for c in unperturbed), [c.describe() for c in unperturbed if not c.passed]
-    perturbed = run_chapter("09_results", tmp_path / "b", stage_cache, SHUFFLE_RANKER)
+    perturbed = run_chapter("09_results", tmp_path / "b", stage_cache, SHUFFLE_RANKER, monkeypatch)
     # Measured: CE's two-stage NDCG@10 moves 3.75× its tolerance; 2× is asserted, since the
     # perturbed run drifts between CPUs too. The test below asserts 3× for a larger change.
     assert [c for c in perturbed if c.ratio > 2], "\n".join(c.describe() for c in perturbed)
 
 
 @pytest.mark.slow
-def test_check_fails_when_the_ranker_learns_the_opposite_of_the_rewards(tmp_path):
+def test_check_fails_when_the_ranker_learns_the_opposite_of_the_rewards(tmp_path, monkeypatch):
     cache = tmp_path / "stages"  # its own: the perturbed ranker must not reach the shared cache
-    perturbed = run_chapter("06_ranker", tmp_path, cache, RANKER_ON_FLIPPED_REWARDS)
+    perturbed = run_chapter("06_ranker", tmp_path, cache, RANKER_ON_FLIPPED_REWARDS, monkeypatch)
     assert biting(perturbed, "truth_auc"), "\n".join(c.describe() for c in perturbed)
