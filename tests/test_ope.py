@@ -20,9 +20,10 @@ from twostage.ope import (
     true_value,
     two_stage_policy,
 )
+from twostage.pipeline import reproduce
 from twostage.pipeline.cache import StageCache
 from twostage.pipeline.config import config_from_dict, profile_config, with_overrides
-from twostage.pipeline.experiment import prepare, reproduce
+from twostage.pipeline.experiment import prepare
 from twostage.propensity import exact_inclusion_probabilities
 
 TOY_PROBS = torch.tensor([[0.2, 0.6, 0.2], [0.5, 0.25, 0.25], [0.1, 0.1, 0.8]])

@@ -18,9 +18,11 @@ from twostage.data import load_movielens
 from twostage.data.synthetic import SyntheticShape, write_synthetic_movielens
 from twostage.errors import NumericsError
 from twostage.losses import ips_loss
+from twostage.pipeline import reproduce
 from twostage.pipeline.cache import StageCache
 from twostage.pipeline.config import profile_config, with_overrides
-from twostage.pipeline.experiment import RESULT_COLUMNS, prepare, reproduce, run_all
+from twostage.pipeline.experiment import prepare, run_all
+from twostage.results import RESULT_COLUMNS
 
 TINY_OVERRIDES = {
     "seeds": (0, 1),

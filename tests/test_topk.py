@@ -11,14 +11,8 @@ from twostage.errors import ConfigError
 from twostage.losses import ips_loss
 from twostage.losses_topk import top_k_multiplier, topk_ips_loss
 from twostage.pipeline.candidates import method_loss
-from twostage.pipeline.config import (
-    ALL_METHODS,
-    METHOD_NAMES,
-    METHODS,
-    CandidateConfig,
-    ExperimentConfig,
-    parse_methods,
-)
+from twostage.pipeline.config import CandidateConfig, ExperimentConfig, parse_methods
+from twostage.results import ALL_METHODS, METHOD_NAMES, METHODS
 
 
 def reference_loss(logits, actions, propensities, k, cap, floor):

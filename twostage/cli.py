@@ -1,4 +1,4 @@
-"""The `twostage` command line: `data`, `reproduce`, `summarize`."""
+"""The `twostage` command line: `data`, `reproduce`, `sweep`, `evaluate`, `compare`, `summarize`."""
 
 from __future__ import annotations
 
@@ -31,19 +31,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data.add_argument("--no-download", action="store_true", help="never download")
 
-    run = commands.add_parser("reproduce", help="run the paper's whole experiment")
-    run.add_argument(
+    experiment = argparse.ArgumentParser(add_help=False)  # the flags reproduce and sweep share
+    experiment.add_argument(
         "--dataset",
         help="ml-1m (default of the paper profile), ml-100k, synthetic, "
         "synthetic-small or a directory in either MovieLens layout",
     )
-    run.add_argument(
+    experiment.add_argument(
         "--profile",
         choices=["paper", "smoke"],
         default=os.environ.get("TWOSTAGE_PROFILE", "paper"),
         help="paper: the full protocol (default, or $TWOSTAGE_PROFILE); smoke: small and fast",
     )
-    run.add_argument("--seeds", help="a count (20), a range (0-4) or a list (1,3,7)")
+    experiment.add_argument("--seeds", help="a count (20), a range (0-4) or a list (1,3,7)")
+    experiment.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    experiment.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads for torch (default: torch's choice; 1 is often fastest "
+        "for these small models on a busy CPU)",
+    )
+    experiment.add_argument(
+        "--cache-dir", help="stage cache (default $TWOSTAGE_CACHE or the user cache)"
+    )
+
+    run = commands.add_parser(
+        "reproduce", parents=[experiment], help="run the paper's whole experiment"
+    )
     run.add_argument(
         "--methods", help="comma-separated subset of ce,ips,2s,ips-topk (default ce,ips,2s)"
     )
@@ -57,19 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="logged propensity: single-draw softmax (the paper's, default) or "
         "P(item among the K shown), by Monte Carlo",
     )
-    run.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    run.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="CPU threads for torch (default: torch's choice; 1 is often fastest "
-        "for these small models on a busy CPU)",
-    )
     run.add_argument("--out", help="output directory (default runs/DATASET-PROFILE)")
-    run.add_argument("--cache-dir", help="stage cache (default $TWOSTAGE_CACHE or the user cache)")
 
     sweep = commands.add_parser(
-        "sweep", help="ablations: one factor at a time, cached and resumable"
+        "sweep", parents=[experiment], help="ablations: one factor at a time, cached and resumable"
     )
     sweep.add_argument(
         "--grid",
@@ -80,13 +86,6 @@ def build_parser() -> argparse.ArgumentParser:
         "alpha, slate_size, n_slates, temperature, cap, eval_k, epochs, "
         "weight_decay, ranker_epochs, oracle_ranker, positive_share",
     )
-    for flag in ("--dataset", "--seeds", "--cache-dir"):
-        sweep.add_argument(flag)
-    sweep.add_argument(
-        "--profile", choices=["paper", "smoke"], default=os.environ.get("TWOSTAGE_PROFILE", "paper")
-    )
-    sweep.add_argument("--device", default="auto")
-    sweep.add_argument("--threads", type=int, default=0)
     sweep.add_argument("--out", required=True, help="output directory")
 
     evaluate = commands.add_parser(
@@ -136,8 +135,31 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+# Library settings and the flags that set them: errors name the setting, the CLI adds the flag.
+FLAGS = {
+    "dataset": "--dataset",
+    "seeds": "--seeds",
+    "methods": "--methods",
+    "device": "--device",
+    "runtime.threads": "--threads",
+    "candidates.alpha": "--alpha",
+    "candidates.epochs": "--epochs",
+    "world.cut": "--cut",
+    "world.positive_share": "--positive-share",
+    "bandit.propensity": "--propensity",
+}
+STAGE_FLAGS = {  # argparse dest → (stage, field) for flags that override one stage setting
+    "alpha": ("candidates", "alpha"),
+    "epochs": ("candidates", "epochs"),
+    "cut": ("world", "cut"),
+    "positive_share": ("world", "positive_share"),
+    "propensity": ("bandit", "propensity"),
+}
+
+
 def experiment_config(args: argparse.Namespace):
-    """The ExperimentConfig of the `reproduce` flags, validated before any work starts."""
+    """The ExperimentConfig of the `reproduce`/`sweep` flags, validated before any work starts."""
+    from twostage.data import check_source
     from twostage.pipeline.config import (
         parse_methods,
         parse_seeds,
@@ -147,72 +169,46 @@ def experiment_config(args: argparse.Namespace):
     )
     from twostage.pipeline.training import resolve_device
 
-    config = profile_config(args.profile)
-    overrides: dict = {"device": args.device, "threads": args.threads}
+    overrides: dict = {"device": args.device}
     if args.dataset:
         overrides["dataset"] = args.dataset
     if args.seeds:
         overrides["seeds"] = parse_seeds(args.seeds)
-    if args.methods:
+    if getattr(args, "methods", None):
         overrides["methods"] = parse_methods(args.methods)
-    candidates = {}
-    if args.alpha is not None:
-        candidates["alpha"] = args.alpha
-    if args.epochs is not None:
-        candidates["epochs"] = args.epochs
-    if candidates:
-        overrides["candidates"] = candidates
-    world = {}
-    if args.cut is not None:
-        world["cut"] = args.cut
-    if args.positive_share is not None:
-        world["positive_share"] = args.positive_share
-    if world:
-        overrides["world"] = world
-    if args.propensity is not None:
-        overrides["bandit"] = {"propensity": args.propensity}
-    config = with_overrides(config, overrides)
+    for dest, (stage, name) in STAGE_FLAGS.items():
+        if getattr(args, dest, None) is not None:
+            overrides.setdefault(stage, {})[name] = getattr(args, dest)
+    config = with_overrides(profile_config(args.profile), overrides)
     validate(config)
     resolve_device(config.device)
-    from twostage.data import check_source
-
     check_source(config.dataset)
     return config
 
 
-def cmd_reproduce(args: argparse.Namespace) -> int:
-    from twostage.pipeline.experiment import reproduce
+def runtime(args: argparse.Namespace):
+    from twostage.runtime import Runtime
 
-    config = experiment_config(args)
+    return Runtime(threads=args.threads)
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from twostage.pipeline import reproduce
+
+    config, settings = experiment_config(args), runtime(args)
     name = Path(config.dataset).name if Path(config.dataset).is_dir() else config.dataset
     out = Path(args.out) if args.out else Path("runs") / f"{name}-{config.profile}"
-    reproduce(config, out, cache_dir=args.cache_dir)
+    reproduce(config, out, cache_dir=args.cache_dir, runtime=settings)
     print(f"\nOutputs in {out}/: results.csv, summary.md, summary.csv, run.json, figures/")
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from twostage.pipeline.config import parse_seeds, profile_config, validate, with_overrides
     from twostage.pipeline.sweep import parse_grid, sweep
-    from twostage.pipeline.training import resolve_device
 
     grid = parse_grid(args.grid)
-    overrides: dict = {"device": args.device, "threads": args.threads}
-    if args.dataset:
-        overrides["dataset"] = args.dataset
-    if args.seeds:
-        overrides["seeds"] = parse_seeds(args.seeds)
-    config = with_overrides(profile_config(args.profile), overrides)
-    validate(config)
-    resolve_device(config.device)
-    from twostage.data import check_source
-
-    check_source(config.dataset)
-    if config.threads > 0:
-        import torch
-
-        torch.set_num_threads(config.threads)
-    summary = sweep(config, grid, args.out, cache_dir=args.cache_dir)
+    config, settings = experiment_config(args), runtime(args)
+    summary = sweep(config, grid, args.out, cache_dir=args.cache_dir, runtime=settings)
     chosen = summary[(summary.metric == "Precision@10")]
     print(
         chosen[["factor", "value", "method", "evaluation", "mean", "stderr", "n_seeds"]].to_string(
@@ -236,7 +232,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from twostage.compare import compare_summaries
+    from twostage.report import compare_summaries
 
     table = compare_summaries(args.out, args.reference, n_se=args.n_se)
     print(table.to_string(index=False))
@@ -249,13 +245,29 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_summarize(args: argparse.Namespace) -> int:
-    from twostage import report
+    from twostage.pipeline import summarize
 
-    out = Path(args.out)
-    report.write_summary(out)
-    report.write_figures(out)
-    print(report.format_summary(out))
+    print(summarize(args.out))
     return 0
+
+
+def user_message(err: TwoStageError) -> str:
+    """The error's message in the command line's words: `world.cut` → `--cut`.
+
+    Dotted setting names are replaced by their flags wherever they stand; a message about a plain
+    setting (`seeds`) starts with its flag, in place of the name or before the message.
+    """
+    text = str(err)
+    for setting, flag in FLAGS.items():
+        if "." in setting:
+            text = text.replace(setting, flag)
+    setting = getattr(err, "setting", None) or ""
+    flag = FLAGS.get(setting)
+    if flag is None or text.startswith(flag):
+        return text
+    if text.startswith((f"{setting} ", f"{setting}:")):
+        return flag + text[len(setting) :]
+    return f"{flag}: {text}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     except TwoStageError as err:
         if args.debug:
             raise
-        print(f"twostage: error: {err}", file=sys.stderr)
+        print(f"twostage: error: {user_message(err)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(

@@ -21,7 +21,15 @@ class DataFormatError(TwoStageError, ValueError):
 
 
 class ConfigError(TwoStageError, ValueError):
-    """A setting, flag or combination of them cannot be used."""
+    """A setting, or a combination of settings, cannot be used.
+
+    The message names the setting as the library knows it (`world.cut`); `setting` holds that
+    name, so that the command line can add the flag that sets it (`--cut`).
+    """
+
+    def __init__(self, message: str, setting: str | None = None) -> None:
+        self.setting = setting
+        super().__init__(message)
 
 
 class NumericsError(TwoStageError, FloatingPointError):

@@ -1,9 +1,9 @@
-"""The results report: summary tables (`summary.csv`, `summary.md`) and figures from a run's files.
+"""The results report: summary tables (`summary.csv`, `summary.md`), figures, and the comparison
+of a run's summary with a reference.
 
-Reads only what the pipeline wrote into an output directory `OUT`: `results.csv` (tidy rows, one
-per dataset × method × seed × epoch × split × evaluation × metric), `run.json` and
-`world_probabilities.json`. Values are fractions; the report shows them in percent, as the paper's
-Tables 2 and 3 do, with the standard error over seeds (std with ddof=1 / sqrt(n_seeds)).
+Reads only what the pipeline wrote into an output directory `OUT`: `results.csv` (through
+`twostage.results`), `run.json` and `world_probabilities.json`. Values are fractions; the report
+shows them in percent, as the paper's Tables 2 and 3 do, with the standard error over seeds.
 """
 
 from __future__ import annotations
@@ -19,134 +19,16 @@ from matplotlib.ticker import MaxNLocator
 
 from twostage.errors import DataFormatError
 from twostage.files import atomic_write_bytes, atomic_write_text
-from twostage.pipeline.config import METHOD_NAMES
-
-RESULT_COLUMNS = [
-    "dataset",
-    "method",
-    "seed",
-    "epoch",
-    "split",
-    "evaluation",
-    "metric",
-    "value",
-    "best_epoch",
-]
-SUMMARY_COLUMNS = ["method", "evaluation", "metric", "mean", "stderr", "n_seeds", "gain_vs_ce_pct"]
-EVALUATIONS = ["two-stage", "one-stage"]
-METRICS = [
-    "Precision@1",
-    "Precision@5",
-    "Precision@10",
-    "Recall@1",
-    "Recall@5",
-    "Recall@10",
-    "NDCG@5",
-    "NDCG@10",
-    "NDCG@20",
-    "reward",
-]
-# The paper's Table 2/3 columns first, then the ones it does not publish.
-TABLE_COLUMNS = {
-    "P@5": "Precision@5",
-    "P@10": "Precision@10",
-    "R@5": "Recall@5",
-    "R@10": "Recall@10",
-    "NDCG@5": "NDCG@5",
-    "NDCG@10": "NDCG@10",
-    "P@1": "Precision@1",
-    "R@1": "Recall@1",
-    "NDCG@20": "NDCG@20",
-    "reward": "reward",
-}
-SELECTION_RULE = "each run's epoch is chosen by validation two-stage Precision@10"
-
-
-def method_order(methods: list[str] | pd.Index) -> list[str]:
-    """`ce`, `ips`, `2s` first (those present), then any others alphabetically."""
-    present = set(methods)
-    return [m for m in METHOD_NAMES if m in present] + sorted(present - set(METHOD_NAMES))
-
-
-def display_name(method: str) -> str:
-    return METHOD_NAMES.get(method, method)
-
-
-def load_results(out_dir: str | Path) -> pd.DataFrame:
-    """`OUT/results.csv` as a frame with columns `RESULT_COLUMNS`, checked for layout."""
-    path = Path(out_dir) / "results.csv"
-    if not path.is_file():
-        raise DataFormatError(path, "file not found; run `twostage reproduce` to write it")
-    try:
-        frame = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise DataFormatError(path, f"not a readable CSV file ({err})") from None
-    missing = [c for c in RESULT_COLUMNS if c not in frame.columns]
-    if missing:
-        raise DataFormatError(
-            path,
-            f"missing column(s) {', '.join(missing)}; expected columns {','.join(RESULT_COLUMNS)}",
-        )
-    frame = frame[RESULT_COLUMNS].copy()
-    for column in ("seed", "epoch", "best_epoch", "value"):
-        numbers = pd.to_numeric(frame[column], errors="coerce")
-        bad = numbers.isna() & (frame[column].notna() if column == "value" else True)
-        if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise DataFormatError(
-                path,
-                f"column {column!r} holds {frame[column].iloc[row]!r}, expected a number",
-                line=row + 2,
-            )
-        frame[column] = numbers if column == "value" else numbers.astype(int)
-    for column, allowed in (("split", {"val", "test", "all"}), ("evaluation", set(EVALUATIONS))):
-        bad = ~frame[column].isin(allowed)
-        if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0])
-            found = frame[column].iloc[row]
-            message = f"column {column!r} holds {found!r}, expected one of {sorted(allowed)}"
-            raise DataFormatError(path, message, line=row + 2)
-    if frame["dataset"].nunique() > 1:
-        found = sorted(frame["dataset"].unique())
-        raise DataFormatError(path, f"rows of several datasets {found}; expected one per directory")
-    best = frame.groupby(["method", "seed"])["best_epoch"].nunique()
-    if (best > 1).any():
-        method, seed = best[best > 1].index[0]
-        raise DataFormatError(path, f"run {method} seed {seed} has more than one best_epoch")
-    return frame
-
-
-def _mean_stderr(values: pd.core.groupby.SeriesGroupBy) -> pd.DataFrame:
-    """mean, stderr (NaN for fewer than two seeds) and n_seeds of each group."""
-    stats = values.agg(["mean", "std", "count"]).rename(columns={"count": "n_seeds"})
-    stats["stderr"] = stats["std"] / np.sqrt(stats["n_seeds"])
-    stats.loc[stats["n_seeds"] < 2, "stderr"] = np.nan
-    return stats.drop(columns="std")
-
-
-def summary_table(results: pd.DataFrame) -> pd.DataFrame:
-    """Test metrics and rewards at each run's best epoch: mean, stderr, n_seeds, % gain over CE.
-
-    One row per method × evaluation × metric, with columns `SUMMARY_COLUMNS`.
-    """
-    chosen = results[
-        (results["epoch"] == results["best_epoch"]) & results["split"].isin(["test", "all"])
-    ]
-    per_seed = chosen.groupby(["method", "evaluation", "metric", "seed"])["value"].mean()
-    table = _mean_stderr(per_seed.groupby(level=["method", "evaluation", "metric"])).reset_index()
-    ce = table[table["method"] == "ce"].set_index(["evaluation", "metric"])["mean"]
-    baseline = table.set_index(["evaluation", "metric"]).index.map(ce).to_numpy(dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        gain = 100.0 * (table["mean"].to_numpy() / baseline - 1.0)
-    table["gain_vs_ce_pct"] = np.where(np.isfinite(gain), gain, np.nan)
-    ranks = {
-        "method": {m: i for i, m in enumerate(method_order(table["method"].unique()))},
-        "evaluation": {e: i for i, e in enumerate(EVALUATIONS)},
-        "metric": {m: i for i, m in enumerate(METRICS)},
-    }
-    keys = [table[c].map(r).fillna(len(r)) for c, r in ranks.items()] + [table["metric"]]
-    order = np.lexsort([k.to_numpy() for k in reversed(keys)])
-    return table.iloc[order][SUMMARY_COLUMNS].reset_index(drop=True)
+from twostage.results import (
+    EVALUATIONS,
+    SELECTION_RULE,
+    TABLE_COLUMNS,
+    display_name,
+    load_results,
+    mean_stderr,
+    method_order,
+    summary_table,
+)
 
 
 def format_cell(mean: float, stderr: float) -> str:
@@ -269,7 +151,7 @@ def _grouped_bars(ax, stats: pd.DataFrame, methods: list[str], ylabel: str) -> N
 def _validation_curves(results: pd.DataFrame, methods: list[str], synthetic: bool) -> Figure:
     val = results[(results["split"] == "val") & (results["metric"] == "Precision@10")]
     per_seed = val.groupby(["method", "evaluation", "epoch", "seed"])["value"].mean()
-    stats = _mean_stderr(per_seed.groupby(level=["method", "evaluation", "epoch"]))
+    stats = mean_stderr(per_seed.groupby(level=["method", "evaluation", "epoch"]))
     fig = Figure(figsize=(10, 4))
     axes = fig.subplots(1, 2, sharey=True)
     for ax, evaluation in zip(axes, EVALUATIONS, strict=True):
@@ -350,3 +232,44 @@ def write_figures(out_dir: str | Path) -> list[Path]:
         fig = _probabilities(hist, share, synthetic)
         written.append(_save(fig, figures / "simulator_probabilities.png"))
     return written
+
+
+# --- Comparing a run's summary with a reference ----------------------------------------------
+# Used by the GPU job: a `paper`-profile run on CUDA is not bitwise equal to the committed CPU
+# run, so each mean must agree with the reference within `n_se` combined standard errors (with a
+# small absolute floor for rows whose standard error rounds to zero).
+
+KEYS = ["method", "evaluation", "metric"]
+
+
+def read_summary(directory: str | Path) -> pd.DataFrame:
+    path = Path(directory) / "summary.csv"
+    if not path.is_file():
+        raise DataFormatError(path, "file not found; expected a summary.csv written by twostage")
+    table = pd.read_csv(path)
+    missing = {*KEYS, "mean", "stderr"} - set(table.columns)
+    if missing:
+        raise DataFormatError(path, f"missing columns {sorted(missing)}")
+    return table
+
+
+def compare_summaries(
+    run_dir: str | Path, reference_dir: str | Path, *, n_se: float = 3.0, floor: float = 0.005
+) -> pd.DataFrame:
+    """One row per (method, evaluation, metric) present in both, with `agrees`.
+
+    A mean agrees when |run − reference| ≤ max(n_se · sqrt(se_run² + se_ref²), floor); values
+    are fractions, so the default floor is half a percentage point.
+    """
+    run, reference = read_summary(run_dir), read_summary(reference_dir)
+    both = run.merge(reference, on=KEYS, suffixes=("_run", "_reference"))
+    if both.empty:
+        raise DataFormatError(
+            Path(run_dir) / "summary.csv",
+            f"no method/metric in common with {Path(reference_dir) / 'summary.csv'}",
+        )
+    se = np.sqrt(both["stderr_run"].fillna(0) ** 2 + both["stderr_reference"].fillna(0) ** 2)
+    both["difference"] = both["mean_run"] - both["mean_reference"]
+    both["allowed"] = np.maximum(n_se * se, floor)
+    both["agrees"] = both["difference"].abs() <= both["allowed"]
+    return both[[*KEYS, "mean_run", "mean_reference", "difference", "allowed", "agrees"]]

@@ -33,7 +33,8 @@ def check_source(source: str | Path) -> Path | None:
     if not path.is_dir():
         raise ConfigError(
             f"Unknown dataset {text!r}: expected one of {', '.join(NAMED_SOURCES)} "
-            "or the path of a directory holding MovieLens files (ML-1M or ML-100K layout)."
+            "or the path of a directory holding MovieLens files (ML-1M or ML-100K layout).",
+            "dataset",
         )
     detect_layout(path)
     return path

@@ -12,11 +12,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from twostage.errors import ConfigError
+from twostage.results import ALL_METHODS, METHODS
 
 PAPER_CUT = 0.764506  # the paper's probability cut on ML-1M
-METHODS = ("ce", "ips", "2s")  # the paper's methods: the default runs
-ALL_METHODS = (*METHODS, "ips-topk")  # every method `--methods` accepts
-METHOD_NAMES = {"ce": "Cross-entropy", "ips": "1-IPS", "2s": "2-IPS", "ips-topk": "Top-K IPS"}
 PROPENSITIES = ("single", "inclusion")
 
 
@@ -44,7 +42,6 @@ class WorldConfig:
     positive_share: float | None = None  # target share of positive pairs; used when cut is None
     default_share: float = 0.08  # on data other than ML-1M when neither is given
     seed: int = 0
-    chunk_users: int = 256
 
 
 @dataclass(frozen=True)
@@ -114,8 +111,7 @@ class ExperimentConfig:
     profile: str = "paper"
     methods: tuple[str, ...] = METHODS
     seeds: tuple[int, ...] = tuple(range(20))
-    device: str = "auto"
-    threads: int = 0  # CPU threads for torch; 0 keeps torch's default (not part of any cache key)
+    device: str = "auto"  # its type is part of every stage's cache key: results differ by device
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
     world: WorldConfig = field(default_factory=WorldConfig)
     logging_policy: LoggingPolicyConfig = field(default_factory=LoggingPolicyConfig)
@@ -165,7 +161,7 @@ def with_world_seed(config: ExperimentConfig, seed: int) -> ExperimentConfig:
     """A copy of `config` whose stages 1–5 (simulator, world, logging policy, bandit log, ranker)
     all use `seed`: another semi-synthetic world, with the candidate-generator seeds unchanged."""
     if seed < 0:
-        raise ConfigError(f"world seed must be ≥ 0, got {seed}.")
+        raise ConfigError(f"world seed must be ≥ 0, got {seed}.", "world_seed")
     return with_overrides(config, {stage: {"seed": seed} for stage in WORLD_STAGES})
 
 
@@ -173,8 +169,13 @@ def config_from_dict(values: dict[str, Any]) -> ExperimentConfig:
     """The ExperimentConfig of `ExperimentConfig.to_dict()` output (e.g. `run.json`'s "config").
 
     Settings missing from `values` (an older run) keep their defaults; unknown ones are refused.
+    Runtime settings that older runs kept in their config (`threads`, `world.chunk_users`) are
+    dropped: they never changed a result.
     """
     values = dict(values)
+    values.pop("threads", None)
+    if isinstance(values.get("world"), dict):
+        values["world"] = {k: v for k, v in values["world"].items() if k != "chunk_users"}
     for name in ("methods", "seeds"):
         if name in values:
             values[name] = tuple(values[name])
@@ -194,19 +195,21 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     if re.fullmatch(r"\d+", text):
         count = int(text)
         if count < 1:
-            raise ConfigError("--seeds must be at least 1.")
+            raise ConfigError("seeds: a count must be at least 1.", "seeds")
         return tuple(range(count))
     match = re.fullmatch(r"(\d+)-(\d+)", text)
     if match:
         start, stop = int(match.group(1)), int(match.group(2))
         if stop < start:
             raise ConfigError(
-                f"--seeds {text}: the range is empty (expected START-END with START ≤ END)."
+                f"seeds {text}: the range is empty (expected START-END with START ≤ END).", "seeds"
             )
         return tuple(range(start, stop + 1))
     if re.fullmatch(r"\d+(,\d+)+", text):
         return tuple(dict.fromkeys(int(s) for s in text.split(",")))
-    raise ConfigError(f"--seeds {text!r}: expected a count (20), a range (0-4) or a list (1,3,7).")
+    raise ConfigError(
+        f"seeds {text!r}: expected a count (20), a range (0-4) or a list (1,3,7).", "seeds"
+    )
 
 
 def parse_methods(text: str | tuple[str, ...]) -> tuple[str, ...]:
@@ -215,7 +218,8 @@ def parse_methods(text: str | tuple[str, ...]) -> tuple[str, ...]:
     if unknown or not methods:
         raise ConfigError(
             f"Unknown method(s) {unknown}: expected a comma-separated list of "
-            f"{', '.join(ALL_METHODS)}."
+            f"{', '.join(ALL_METHODS)}.",
+            "methods",
         )
     return methods
 
@@ -224,32 +228,45 @@ def validate(config: ExperimentConfig) -> None:
     """Refuse settings that cannot work, before any work starts."""
     c = config.candidates
     if c.alpha < 0:
-        raise ConfigError(f"alpha must be ≥ 0, got {c.alpha}.")
+        raise ConfigError(f"candidates.alpha must be ≥ 0, got {c.alpha}.", "candidates.alpha")
     if not 0 < c.floor <= c.cap:
         raise ConfigError(
-            f"importance-weight clipping needs 0 < floor ≤ cap, got [{c.floor}, {c.cap}]."
+            "importance-weight clipping needs 0 < candidates.floor ≤ candidates.cap, "
+            f"got [{c.floor}, {c.cap}].",
+            "candidates.cap",
         )
     if c.temperature <= 0:
-        raise ConfigError(f"temperature must be > 0, got {c.temperature}.")
+        raise ConfigError(
+            f"candidates.temperature must be > 0, got {c.temperature}.", "candidates.temperature"
+        )
     for name in ("n_slates", "slate_size", "eval_k", "epochs", "batch_size"):
         if getattr(c, name) < 1:
-            raise ConfigError(f"candidates.{name} must be ≥ 1, got {getattr(c, name)}.")
+            raise ConfigError(
+                f"candidates.{name} must be ≥ 1, got {getattr(c, name)}.", f"candidates.{name}"
+            )
     w = config.world
     if w.cut is not None and not 0 < w.cut < 1:
-        raise ConfigError(f"--cut must be a probability in (0, 1), got {w.cut}.")
+        raise ConfigError(f"world.cut must be a probability in (0, 1), got {w.cut}.", "world.cut")
     if w.positive_share is not None and not 0 < w.positive_share < 1:
-        raise ConfigError(f"--positive-share must be in (0, 1), got {w.positive_share}.")
+        raise ConfigError(
+            f"world.positive_share must be in (0, 1), got {w.positive_share}.",
+            "world.positive_share",
+        )
     if w.cut is not None and w.positive_share is not None:
-        raise ConfigError("Give either --cut or --positive-share, not both.")
+        raise ConfigError("Give either world.cut or world.positive_share, not both.")
     b = config.bandit
     if b.propensity not in PROPENSITIES:
         raise ConfigError(
-            f"--propensity {b.propensity!r}: expected one of {', '.join(PROPENSITIES)}."
+            f"bandit.propensity {b.propensity!r}: expected one of {', '.join(PROPENSITIES)}.",
+            "bandit.propensity",
         )
     if b.inclusion_samples < 1:
-        raise ConfigError(f"bandit.inclusion_samples must be ≥ 1, got {b.inclusion_samples}.")
+        raise ConfigError(
+            f"bandit.inclusion_samples must be ≥ 1, got {b.inclusion_samples}.",
+            "bandit.inclusion_samples",
+        )
     parse_methods(config.methods)
     if not config.seeds:
-        raise ConfigError("No seeds to run.")
+        raise ConfigError("No seeds to run.", "seeds")
     if config.device not in ("auto", "cpu", "cuda") and not config.device.startswith("cuda:"):
-        raise ConfigError(f"--device {config.device!r}: expected auto, cpu or cuda.")
+        raise ConfigError(f"device {config.device!r}: expected auto, cpu or cuda.", "device")

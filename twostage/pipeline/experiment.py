@@ -32,7 +32,8 @@ from twostage.pipeline.stages import (
     train_simulator,
 )
 from twostage.pipeline.training import resolve_device
-from twostage.report import RESULT_COLUMNS
+from twostage.results import RESULT_COLUMNS
+from twostage.runtime import Runtime
 
 STAGE_VERSION = 1  # bump when a stage's code changes its output
 
@@ -64,12 +65,13 @@ def prepare(
     *,
     cache: StageCache | None = None,
     data: MovieLens | None = None,
+    runtime: Runtime | None = None,
     verbose: bool = True,
 ) -> Prepared:
     """Run (or load from the cache) the simulator, world, logging policy, log and ranker."""
     validate(config)
-    if config.threads > 0:
-        torch.set_num_threads(config.threads)
+    runtime = runtime or Runtime()
+    runtime.apply()
     device = resolve_device(config.device)
     cache = cache or StageCache()
     data = data or load_movielens(config.dataset)
@@ -100,12 +102,11 @@ def prepare(
         verbose,
     )
 
-    world_settings = dataclasses.replace(config.world, chunk_users=0)  # chunking: not a setting
     world = stage(
         "world",
-        world_settings,
+        config.world,
         keys["simulator"],
-        lambda: build_world(data, simulator["state"], config.world, device),
+        lambda: build_world(data, simulator["state"], config.world, device, runtime.chunk_users),
     )
     _say(
         f"[world] {_src(cached, 'world')} {timings['world']:.1f}s · "
@@ -271,18 +272,21 @@ def _read_run(path: Path) -> dict | None:
         return None  # a damaged run file is recomputed
 
 
-def reproduce(
+def run_experiment(
     config: ExperimentConfig,
     out_dir: str | Path,
     *,
-    cache_dir: str | Path | None = None,
+    cache: StageCache | None = None,
+    runtime: Runtime | None = None,
     verbose: bool = True,
 ) -> Path:
-    """The whole experiment: stages, runs, `results.csv`, `run.json`, summary and figures."""
+    """The whole experiment's data: stages 1–5, every run, and in `out_dir` `results.csv`,
+    `run.json` and `world_probabilities.json`. `twostage.pipeline.reproduce` adds the report."""
     out_dir = Path(out_dir)
+    runtime = runtime or Runtime()
     validate(config)
     started = time.perf_counter()
-    prepared = prepare(config, cache=StageCache(cache_dir), verbose=verbose)
+    prepared = prepare(config, cache=cache, runtime=runtime, verbose=verbose)
     start = time.perf_counter()
     results = run_all(prepared, config, out_dir, verbose=verbose)
     prepared.timings["candidate_generators"] = time.perf_counter() - start
@@ -290,15 +294,8 @@ def reproduce(
     atomic_write_text(
         out_dir / "world_probabilities.json", json.dumps(probability_histogram(prepared.world))
     )
-    atomic_write_text(
-        out_dir / "run.json", json.dumps(run_metadata(prepared, config, started), indent=2)
-    )
-    from twostage import report
-
-    report.write_summary(out_dir)
-    report.write_figures(out_dir)
-    if verbose:
-        tqdm.write(report.format_summary(out_dir))
+    metadata = run_metadata(prepared, config, runtime, started)
+    atomic_write_text(out_dir / "run.json", json.dumps(metadata, indent=2))
     return out_dir
 
 
@@ -313,7 +310,9 @@ def probability_histogram(world: World, bins: int = 50) -> dict:
     }
 
 
-def run_metadata(prepared: Prepared, config: ExperimentConfig, started: float) -> dict:
+def run_metadata(
+    prepared: Prepared, config: ExperimentConfig, runtime: Runtime, started: float
+) -> dict:
     data, world = prepared.data, prepared.world
     return {
         "dataset": data.name,
@@ -326,6 +325,7 @@ def run_metadata(prepared: Prepared, config: ExperimentConfig, started: float) -
             "ratings": data.n_ratings,
         },
         "config": config.to_dict(),
+        "runtime": {**dataclasses.asdict(runtime), "torch_threads": torch.get_num_threads()},
         "package_version": twostage.__version__,
         "torch_version": torch.__version__,
         "python": platform.python_version(),

@@ -21,10 +21,11 @@ from twostage.errors import ConfigError
 from twostage.models import Nominator
 from twostage.ope import ips_estimate, snips_estimate, true_value, two_stage_policy
 from twostage.pipeline.cache import StageCache, atomic_write_text
-from twostage.pipeline.config import METHOD_NAMES, config_from_dict
+from twostage.pipeline.config import config_from_dict
 from twostage.pipeline.experiment import Prepared, prepare
 from twostage.pipeline.training import batches, seeded
 from twostage.propensity import inclusion_probabilities
+from twostage.results import METHOD_NAMES
 
 OPE_COLUMNS = [
     "policy",

@@ -170,9 +170,16 @@ def choose_cut(
 
 
 def build_world(
-    data: MovieLens, simulator_state: dict, config: WorldConfig, device: torch.device
+    data: MovieLens,
+    simulator_state: dict,
+    config: WorldConfig,
+    device: torch.device,
+    chunk_users: int = 256,
 ) -> World:
-    """Sample a timestamp for every pair, score it with the simulator, cut into labels."""
+    """Sample a timestamp for every pair, score it with the simulator, cut into labels.
+
+    `chunk_users` users are scored at a time (a runtime setting: memory, not results).
+    """
     simulator = ImpressionSimulator(data.catalog)
     simulator.load_state_dict(simulator_state)
     simulator.to(device).eval()
@@ -184,7 +191,7 @@ def build_world(
     probabilities = torch.empty(data.n_users, data.n_items)
     at_mean = torch.empty(data.n_users, data.n_items)
     with torch.no_grad():
-        for chunk in batches(data.n_users, config.chunk_users, shuffle=False):
+        for chunk in batches(data.n_users, chunk_users, shuffle=False):
             users = chunk.to(device)
             probabilities[chunk] = torch.sigmoid(
                 simulator.score_all(users, timestamps[chunk].to(device))

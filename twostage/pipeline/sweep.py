@@ -17,6 +17,8 @@ from tqdm.auto import tqdm
 from twostage.errors import ConfigError
 from twostage.pipeline.cache import StageCache, atomic_write_bytes, atomic_write_text
 from twostage.pipeline.config import ExperimentConfig, with_overrides
+from twostage.results import summary_table
+from twostage.runtime import Runtime
 
 
 @dataclass(frozen=True)
@@ -83,10 +85,10 @@ def sweep(
     out_dir: str | Path,
     *,
     cache_dir: str | Path | None = None,
+    runtime: Runtime | None = None,
     verbose: bool = True,
 ) -> pd.DataFrame:
     """Run every cell of `grid` and write `OUT/sweep.csv` and one figure per factor."""
-    from twostage import report
     from twostage.pipeline.experiment import prepare, run_all
 
     out_dir = Path(out_dir)
@@ -95,9 +97,9 @@ def sweep(
     cells = [(name, value) for name, values in grid.items() for value in values]
     for name, value in tqdm(cells, desc="sweep cells", disable=not verbose):
         config = cell_config(base, name, value)
-        prepared = prepare(config, cache=cache, verbose=False)
+        prepared = prepare(config, cache=cache, runtime=runtime, verbose=False)
         results = run_all(prepared, config, out_dir / "cells" / f"{name}={value}", verbose=False)
-        table = report.summary_table(results)
+        table = summary_table(results)
         table.insert(0, "value", str(value))
         table.insert(0, "factor", name)
         frames.append(table)

@@ -19,8 +19,9 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(
-            f"--device {device} was asked for, but this machine has no CUDA device "
-            "(use --device cpu or --device auto)."
+            f"device {device} was asked for, but this machine has no CUDA device "
+            "(use device cpu or auto).",
+            "device",
         )
     return torch.device(device)
 
