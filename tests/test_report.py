@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from fake_results import (
@@ -151,3 +152,36 @@ def test_the_cli_exits_1_when_a_mean_disagrees(tmp_path: Path, capsys):
 def test_a_missing_summary_is_a_clear_error(tmp_path: Path):
     with pytest.raises(DataFormatError, match="summary.csv"):
         compare_summaries(tmp_path, tmp_path)
+
+
+# --- embedding summaries, and the paper's claims ---
+
+
+def test_demote_headings_moves_every_heading_down_and_nothing_else():
+    text = "# Title\n\n## Two-stage evaluation\n\n| a | b |\n|---|---|\n| #1 | x |\n"
+    demoted = report.demote_headings(text)
+    assert demoted.startswith("### Title\n\n#### Two-stage evaluation\n")
+    assert "| #1 | x |" in demoted and "\n# " not in demoted and "\n## " not in demoted
+
+
+def claim_summary(gap_in_se: float) -> pd.DataFrame:
+    """2-IPS above CE and 1-IPS by `gap_in_se` combined standard errors on every metric."""
+    rows = []
+    for evaluation in ("one-stage", "two-stage"):
+        for metric in report.CLAIM_METRICS:
+            for method, mean in (("ce", 0.5), ("ips", 0.5), ("2s", 0.5 + gap_in_se * 0.01)):
+                rows.append((method, evaluation, metric, mean, 0.01 / np.sqrt(2)))
+    return pd.DataFrame(rows, columns=["method", "evaluation", "metric", "mean", "stderr"])
+
+
+def test_a_difference_counts_only_beyond_two_standard_errors():
+    assert (report.verdicts(claim_summary(2.1), "2s", "ce", "two-stage") == 1).all()
+    assert (report.verdicts(claim_summary(1.9), "2s", "ce", "two-stage") == 0).all()
+    assert (report.verdicts(claim_summary(-2.1), "2s", "ce", "one-stage") == -1).all()
+    table = report.claims_table({"ahead": claim_summary(2.1), "level": claim_summary(1.9)})
+    assert table.loc["(i) 2-IPS best, two-stage", "ahead"].startswith("**yes**")
+    assert table.loc["(i) 2-IPS best, two-stage", "level"].startswith(
+        "**no** — 2-IPS ahead on none"
+    )
+    assert "within 2 s.e. on 10" in table.loc["(i) 2-IPS best, two-stage", "level"]
+    assert report.markdown_table(table).startswith("| claim | ahead | level |\n|---|---|---|\n")

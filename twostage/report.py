@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -273,3 +274,79 @@ def compare_summaries(
     both["allowed"] = np.maximum(n_se * se, floor)
     both["agrees"] = both["difference"].abs() <= both["allowed"]
     return both[[*KEYS, "mean_run", "mean_reference", "difference", "allowed", "agrees"]]
+
+
+# --- Embedding a summary, and the paper's claims judged on a summary --------------------------
+
+
+def demote_headings(markdown: str, levels: int = 2) -> str:
+    """`markdown` with every ATX heading `levels` deeper (`# T` → `### T` for levels=2), so that
+    a summary embedded in a page does not add top-level sections to it."""
+    return re.sub(
+        r"(?m)^(#{1,6}) ", lambda m: "#" * min(6, len(m.group(1)) + levels) + " ", markdown
+    )
+
+
+CLAIM_METRICS = tuple(TABLE_COLUMNS.values())
+
+
+def verdicts(
+    summary: pd.DataFrame, method: str, other: str, evaluation: str, n_se: float = 2.0
+) -> pd.Series:
+    """Per metric of `CLAIM_METRICS`: +1 where `method`'s mean is above `other`'s by more than
+    `n_se` combined standard errors (sqrt(se₁² + se₂²)), −1 where below by as much, 0 otherwise."""
+    rows = summary[summary["evaluation"] == evaluation].set_index(["method", "metric"])
+    mine = rows.loc[method].reindex(list(CLAIM_METRICS))
+    theirs = rows.loc[other].reindex(list(CLAIM_METRICS))
+    se = np.sqrt(mine["stderr"].fillna(0) ** 2 + theirs["stderr"].fillna(0) ** 2)
+    difference = mine["mean"] - theirs["mean"]
+    return np.sign(difference.where(difference.abs() > n_se * se, 0.0)).astype(int)
+
+
+SHORT_NAMES = {metric: short for short, metric in TABLE_COLUMNS.items()}
+
+
+def _tally(signs: pd.Series, subject: str) -> str:
+    """'**partly** — 2-IPS ahead on P@1, reward; behind on P@10; within 2 s.e. on the other 7'."""
+    ahead = [SHORT_NAMES[m] for m in signs.index[signs > 0]]
+    behind = [SHORT_NAMES[m] for m in signs.index[signs < 0]]
+    level = len(signs) - len(ahead) - len(behind)
+    verdict = "yes" if len(ahead) == len(signs) else "no" if not ahead else "partly"
+    parts = [f"ahead on {', '.join(ahead)}" if ahead else "ahead on none"]
+    if behind:
+        parts.append(f"behind on {', '.join(behind)}")
+    if level:
+        parts.append(f"within 2 s.e. on {'the other ' if ahead or behind else ''}{level}")
+    return f"**{verdict}** — {subject} " + "; ".join(parts) + f" (of {len(signs)} metrics)"
+
+
+def claims_table(summaries: dict[str, pd.DataFrame], n_se: float = 2.0) -> pd.DataFrame:
+    """The paper's claims judged on each summary (columns: the summaries' names).
+
+    (i) 2-IPS is best: ahead of both cross-entropy and 1-IPS on a metric counts as ahead, behind
+    either as behind; (ii) 1-IPS beats cross-entropy one-stage and loses to it two-stage. A
+    difference counts only beyond `n_se` combined standard errors over seeds.
+    """
+    table = {}
+    for name, summary in summaries.items():
+        column = {}
+        for evaluation in ("two-stage", "one-stage"):
+            vs_ce = verdicts(summary, "2s", "ce", evaluation, n_se)
+            vs_ips = verdicts(summary, "2s", "ips", evaluation, n_se)
+            signs = np.minimum(vs_ce, vs_ips)  # ahead of both is ahead, behind either behind
+            column[f"(i) 2-IPS best, {evaluation}"] = _tally(signs, "2-IPS")
+        one = verdicts(summary, "ips", "ce", "one-stage", n_se)
+        two = verdicts(summary, "ce", "ips", "two-stage", n_se)
+        column["(ii) 1-IPS > CE, one-stage"] = _tally(one, "1-IPS")
+        column["(ii) 1-IPS < CE, two-stage"] = _tally(two, "CE")
+        table[name] = column
+    frame = pd.DataFrame(table)
+    frame.index.name = "claim"
+    return frame
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """`frame` (its index as the first column) as a Markdown table."""
+    header = [str(frame.index.name or ""), *map(str, frame.columns)]
+    rows = [[str(index), *map(str, row)] for index, row in frame.iterrows()]
+    return "\n".join(_markdown_table(header, rows)) + "\n"
