@@ -5,7 +5,8 @@ Usage: python .ci/check_book.py [BUILD_HTML] [--screenshots DIR] [--pages PAGE .
 BUILD_HTML defaults to `_build/html`; every page of `_toc.yml` is opened (or the given pages,
 paths relative to BUILD_HTML). Each must have a body of text, no raw Markdown table in its
 visible text (outside code; smart quotes turn `---` into `—`), every image loaded, every internal
-link resolving to an existing page and anchor, and no error or traceback output. A screenshot of
+link resolving to an existing page and anchor, and no error or traceback output. Images and
+links outside the book (the Colab badges) are not followed: the check runs offline. A screenshot of
 each page goes to DIR (default `_build/screenshots/`).
 
 Chromium and its driver are Debian's (`apt-get install chromium chromium-driver`, done by
@@ -40,7 +41,8 @@ const outputs = [...document.querySelectorAll('.cell_output, .output')].map(e =>
 return {
   text: body.innerText,
   main: (document.querySelector('main, article, [role=main]') || document.body).innerText,
-  broken_images: [...document.images].filter(i => !(i.complete && i.naturalWidth > 0))
+  broken_images: [...document.images].filter(i => i.src.startsWith('file:'))
+                                   .filter(i => !(i.complete && i.naturalWidth > 0))
                                    .map(i => i.getAttribute('src')),
   error_outputs: [...document.querySelectorAll('.output.traceback, .output.error, .ansi-red-fg')]
                    .map(e => e.innerText.slice(0, 200)),

@@ -42,7 +42,10 @@ def problems(tmp_path: Path, body: str) -> list[str]:
 
 
 def test_a_good_page_passes(tmp_path: Path):
-    body = f'{TEXT}<img src="img.png"><a href="other.html#there">x</a><pre>| a |\n|---|</pre>'
+    badge = '<img src="https://colab.research.google.com/assets/colab-badge.svg">'  # not followed
+    body = (
+        f'{TEXT}<img src="img.png">{badge}<a href="other.html#there">x</a><pre>| a |\n|---|</pre>'
+    )
     assert problems(tmp_path, body) == []
 
 

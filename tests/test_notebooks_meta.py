@@ -181,3 +181,17 @@ def test_nbval_fails_when_a_checked_number_changes(tmp_path: Path):
     assert result.returncode != 0
     assert re.search(r"\b1 failed, \d+ passed", result.stdout), result.stdout[-3000:]
     assert altered in result.stdout and "Cell outputs differ" in result.stdout
+
+
+def test_every_chapter_starts_with_the_same_install_cell_and_its_colab_badge():
+    firsts = {p.stem: jupytext.read(p).cells for p in sorted(NOTEBOOKS.glob("*.md"))}
+    cells = [next(c for c in cells if c.cell_type == "code") for cells in firsts.values()]
+    assert len({(c.source, tuple(c.metadata.get("tags", []))) for c in cells}) == 1
+    for name, chapter in firsts.items():
+        assert f"/blob/main/notebooks/{name}.ipynb" in chapter[0].source + chapter[1].source
+
+
+def test_install_cells_and_badges_follow_the_repository_url():
+    result = subprocess.run([sys.executable, str(ROOT / ".ci" / "sync_colab.py"), "--check"],
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stdout
