@@ -51,7 +51,7 @@ class Comparison:
 
     @property
     def ratio(self) -> float:
-        """The deviation in units of the tolerance: above 1 fails."""
+        """The deviation in units of the tolerance (above 1 fails)."""
         return self.deviation / self.tolerance
 
     @property

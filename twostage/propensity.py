@@ -106,8 +106,8 @@ def inclusion_probabilities(
         chunk_rows: rows per block (bounds memory at about chunk_rows · n_samples · 2k longs).
 
     Returns:
-        estimate, stderr: (rows, m) float64 — the share of sets holding the item, and its
-        standard error sqrt(p̂ (1 − p̂) / n_samples).
+        Two (rows, m) float64 tensors — the estimate (the share of sets holding the item) and
+        its standard error sqrt(p̂ (1 − p̂) / n_samples).
     """
     _check_probs(probs, k)
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:

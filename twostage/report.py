@@ -259,7 +259,7 @@ def compare_summaries(
 ) -> pd.DataFrame:
     """One row per (method, evaluation, metric) present in both, with `agrees`.
 
-    A mean agrees when |run − reference| ≤ max(n_se · sqrt(se_run² + se_ref²), floor); values
+    A mean agrees when ``|run − reference|`` ≤ max(n_se · sqrt(se_run² + se_ref²), floor); values
     are fractions, so the default floor is half a percentage point.
     """
     run, reference = read_summary(run_dir), read_summary(reference_dir)

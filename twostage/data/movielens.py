@@ -57,9 +57,13 @@ _RELEASE_YEAR = r"(\d{4})\s*$"
 class Catalog:
     """The users' and items' features, and the cardinalities that size the models' embeddings.
 
-    user_features: (n_users, 5) long — [dense id 1..n_users, gender, age, occupation, zip]
-    item_features: (n_items, 2) long — [dense id 1..n_items, year]
-    item_genres: (n_items, n_genres) float — genre flags divided by their row sum (0 rows stay 0)
+    Attributes:
+        user_features: (n_users, 5) long — [dense id 1..n_users, gender, age, occupation, zip].
+        item_features: (n_items, 2) long — [dense id 1..n_items, year].
+        item_genres: (n_items, n_genres) float — genre flags divided by their row sum (0 rows
+            stay 0).
+        n_genders, n_ages, n_occupations, n_zips, n_years: each side feature's number of
+            categories.
     """
 
     user_features: torch.Tensor
