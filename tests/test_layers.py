@@ -30,6 +30,7 @@ LAYERS = {  # a module may import modules of its own layer or a lower one
     "twostage.files": 0,
     "twostage.errors": 0,
     "twostage.notebook_checks": 0,
+    "twostage.committed": 0,
     "twostage": 0,  # the package's __init__: its version and errors
 }
 
