@@ -3,7 +3,7 @@
 A number that depends on training differs in its last digits between CPUs, instruction sets and
 thread counts, and discrete steps (an early stop, a sampled item) can turn that into a visible
 change. So the chapters' trained numbers are not compared exactly. Each is compared with a
-committed value within a tolerance measured for it:
+committed value within a tolerance measured for it::
 
     tolerance = max(SPREAD_FACTOR · spread, floor)
     spread    = max − min of the number over world seeds 0–4 (smoke profile, one thread)

@@ -96,10 +96,11 @@ def true_value(probs: torch.Tensor, labels: torch.Tensor) -> float:
 class TwoStagePolicy:
     """The two-stage policy's probabilities, estimated over sampled candidate sets.
 
-    probs: (n_users, n_items) float64 p̂(a|x); each row sums to 1.
-    stderr: (n_users, n_items) float64 Monte Carlo standard error of each entry.
-    value, value_stderr: mean_x Σ_a p̂(a|x) label(x, a) and its MC standard error, when labels
-        were given (else None).
+    Attributes:
+        probs: (n_users, n_items) float64 — p̂(a|x); each row sums to 1.
+        stderr: (n_users, n_items) float64 — the Monte Carlo standard error of each entry.
+        value: mean_x Σ_a p̂(a|x) label(x, a), when labels were given (else None).
+        value_stderr: its Monte Carlo standard error (else None).
     """
 
     probs: torch.Tensor

@@ -79,7 +79,7 @@ def reliability_bins(
 
 
 def expected_calibration_error(table: pd.DataFrame) -> float:
-    """Count-weighted mean |predicted − observed| over the bins of `reliability_bins`."""
+    """Count-weighted mean of ``|predicted − observed|`` over the bins of `reliability_bins`."""
     weights = table["count"] / table["count"].sum()
     return float((weights * (table["predicted"] - table["observed"]).abs()).sum())
 

@@ -62,8 +62,12 @@ class Catalog:
         item_features: (n_items, 2) long — [dense id 1..n_items, year].
         item_genres: (n_items, n_genres) float — genre flags divided by their row sum (0 rows
             stay 0).
-        n_genders, n_ages, n_occupations, n_zips, n_years: each side feature's number of
-            categories.
+        n_genders: the number of genders (the side features' cardinalities size the
+            embeddings; so do the next four).
+        n_ages: the number of age groups.
+        n_occupations: the number of occupations.
+        n_zips: the number of zip codes.
+        n_years: the number of release years.
     """
 
     user_features: torch.Tensor

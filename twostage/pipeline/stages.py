@@ -107,11 +107,16 @@ def train_simulator(
 class World:
     """The semi-synthetic world: every user × item pair with a timestamp, probability and label.
 
-    timestamps, probabilities: (n_users, n_items) float — sampled impression times and the
-        simulator's probability of a positive label at those times
-    labels: (n_users, n_items) bool — probabilities ≥ cut (the labels the log is drawn from)
-    mean_timestamps: (n_users,) — each user's mean sampled timestamp (the evaluator's context)
-    truth: (n_users, n_items) bool — probability at the mean timestamp > cut (evaluation truth)
+    Attributes:
+        timestamps: (n_users, n_items) float — each pair's sampled impression time.
+        probabilities: (n_users, n_items) float — the simulator's probability of a positive
+            label at that time.
+        labels: (n_users, n_items) bool — probabilities ≥ cut (the labels the log is drawn from).
+        mean_timestamps: (n_users,) — each user's mean sampled time (the evaluator's context).
+        probabilities_at_mean: (n_users, n_items) float — the probability at that mean time.
+        truth: (n_users, n_items) bool — probabilities_at_mean > cut (the evaluation's truth).
+        cut: the probability cut.
+        cut_rule: how the cut was chosen (given, the paper's, or a positive share).
     """
 
     timestamps: torch.Tensor
