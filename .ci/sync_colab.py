@@ -41,30 +41,31 @@ def badge(url: str, branch: str, notebook: str) -> str:
     return f"[![Open in Colab]({BADGE_IMAGE})]({target})\n\n"
 
 
+def with_badge(text: str, url: str, branch: str, notebook: str) -> str:
+    """`text` with its Colab badge (any old one removed) right under its title."""
+    text = BADGE.sub("", text)
+    title = re.search(r"^# .*\n\n", text, re.M)
+    return text[: title.end()] + badge(url, branch, notebook) + text[title.end() :]
+
+
 def chapter(text: str, url: str, branch: str, name: str) -> str:
     text = FIRST_CELL.sub(lambda _: INSTALL_CELL.format(url=url), text, count=1)
-    text = BADGE.sub("", text)
-    title = re.search(r"^# .*\n\n", text, re.M)
-    return text[: title.end()] + badge(url, branch, f"notebooks/{name}.ipynb") + text[title.end() :]
-
-
-def readme(text: str, url: str, branch: str) -> str:
-    text = BADGE.sub("", text)
-    title = re.search(r"^# .*\n\n", text, re.M)
-    notebook = "notebooks/02_data.ipynb"
-    return text[: title.end()] + badge(url, branch, notebook) + text[title.end() :]
+    return with_badge(text, url, branch, f"notebooks/{name}.ipynb")
 
 
 def main(argv: list[str]) -> int:
     check = "--check" in argv
     url, branch = repository()
     stale = []
+    current = {p: p.read_text() for p in [*(ROOT / "notebooks").glob("*.md"), ROOT / "README.md"]}
     targets = {
-        p: chapter(p.read_text(), url, branch, p.stem) for p in (ROOT / "notebooks").glob("*.md")
+        p: with_badge(text, url, branch, "notebooks/02_data.ipynb")  # the README: first chapter
+        if p.name == "README.md"
+        else chapter(text, url, branch, p.stem)
+        for p, text in current.items()
     }
-    targets[ROOT / "README.md"] = readme((ROOT / "README.md").read_text(), url, branch)
     for path, text in sorted(targets.items()):
-        if path.read_text() != text:
+        if current[path] != text:
             stale.append(path.relative_to(ROOT))
             if not check:
                 path.write_text(text)

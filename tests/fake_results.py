@@ -8,22 +8,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from twostage.results import RESULT_COLUMNS
+from twostage.results import METRICS, RESULT_COLUMNS
 
 METHODS = ["2s", "ce", "ips"]  # deliberately not in display order
 SEEDS = [0, 1, 2]
 EPOCHS = 4
-TEST_METRICS = [
-    "Precision@1",
-    "Precision@5",
-    "Precision@10",
-    "Recall@1",
-    "Recall@5",
-    "Recall@10",
-    "NDCG@5",
-    "NDCG@10",
-    "NDCG@20",
-]
+TEST_METRICS = [m for m in METRICS if m != "reward"]  # the ranking metrics
 
 
 def fake_results(seeds: list[int] = SEEDS, rng_seed: int = 0) -> pd.DataFrame:

@@ -243,6 +243,12 @@ def write_figures(out_dir: str | Path) -> list[Path]:
 KEYS = ["method", "evaluation", "metric"]
 
 
+def combined_stderr(first: pd.Series, second: pd.Series) -> pd.Series:
+    """sqrt(se₁² + se₂²), the standard error of a difference of two means; a missing standard
+    error (fewer than two seeds) counts as 0."""
+    return np.sqrt(first.fillna(0) ** 2 + second.fillna(0) ** 2)
+
+
 def read_summary(directory: str | Path) -> pd.DataFrame:
     path = Path(directory) / "summary.csv"
     if not path.is_file():
@@ -269,7 +275,7 @@ def compare_summaries(
             Path(run_dir) / "summary.csv",
             f"no method/metric in common with {Path(reference_dir) / 'summary.csv'}",
         )
-    se = np.sqrt(both["stderr_run"].fillna(0) ** 2 + both["stderr_reference"].fillna(0) ** 2)
+    se = combined_stderr(both["stderr_run"], both["stderr_reference"])
     both["difference"] = both["mean_run"] - both["mean_reference"]
     both["allowed"] = np.maximum(n_se * se, floor)
     both["agrees"] = both["difference"].abs() <= both["allowed"]
@@ -298,7 +304,7 @@ def verdicts(
     rows = summary[summary["evaluation"] == evaluation].set_index(["method", "metric"])
     mine = rows.loc[method].reindex(list(CLAIM_METRICS))
     theirs = rows.loc[other].reindex(list(CLAIM_METRICS))
-    se = np.sqrt(mine["stderr"].fillna(0) ** 2 + theirs["stderr"].fillna(0) ** 2)
+    se = combined_stderr(mine["stderr"], theirs["stderr"])
     difference = mine["mean"] - theirs["mean"]
     return np.sign(difference.where(difference.abs() > n_se * se, 0.0)).astype(int)
 
@@ -306,7 +312,7 @@ def verdicts(
 SHORT_NAMES = {metric: short for short, metric in TABLE_COLUMNS.items()}
 
 
-def _tally(signs: pd.Series, subject: str) -> str:
+def _tally(signs: pd.Series, subject: str, n_se: float) -> str:
     """'**partly** — 2-IPS ahead on P@1, reward; behind on P@10; within 2 s.e. on the other 7'."""
     ahead = [SHORT_NAMES[m] for m in signs.index[signs > 0]]
     behind = [SHORT_NAMES[m] for m in signs.index[signs < 0]]
@@ -316,7 +322,8 @@ def _tally(signs: pd.Series, subject: str) -> str:
     if behind:
         parts.append(f"behind on {', '.join(behind)}")
     if level:
-        parts.append(f"within 2 s.e. on {'the other ' if ahead or behind else ''}{level}")
+        other = "the other " if ahead or behind else ""
+        parts.append(f"within {n_se:g} s.e. on {other}{level}")
     return f"**{verdict}** — {subject} " + "; ".join(parts) + f" (of {len(signs)} metrics)"
 
 
@@ -334,11 +341,11 @@ def claims_table(summaries: dict[str, pd.DataFrame], n_se: float = 2.0) -> pd.Da
             vs_ce = verdicts(summary, "2s", "ce", evaluation, n_se)
             vs_ips = verdicts(summary, "2s", "ips", evaluation, n_se)
             signs = np.minimum(vs_ce, vs_ips)  # ahead of both is ahead, behind either behind
-            column[f"(i) 2-IPS best, {evaluation}"] = _tally(signs, "2-IPS")
+            column[f"(i) 2-IPS best, {evaluation}"] = _tally(signs, "2-IPS", n_se)
         one = verdicts(summary, "ips", "ce", "one-stage", n_se)
         two = verdicts(summary, "ce", "ips", "two-stage", n_se)
-        column["(ii) 1-IPS > CE, one-stage"] = _tally(one, "1-IPS")
-        column["(ii) 1-IPS < CE, two-stage"] = _tally(two, "CE")
+        column["(ii) 1-IPS > CE, one-stage"] = _tally(one, "1-IPS", n_se)
+        column["(ii) 1-IPS < CE, two-stage"] = _tally(two, "CE", n_se)
         table[name] = column
     frame = pd.DataFrame(table)
     frame.index.name = "claim"
