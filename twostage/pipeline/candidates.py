@@ -7,13 +7,12 @@ from dataclasses import dataclass
 import torch
 
 from twostage.data import Catalog
-from twostage.errors import NumericsError
 from twostage.evaluation import Evaluator
 from twostage.losses import cross_entropy_loss, ips_loss, two_stage_ips_loss
 from twostage.losses_topk import topk_ips_loss
 from twostage.models import Nominator
 from twostage.pipeline.config import CandidateConfig
-from twostage.pipeline.training import adagrad, batches, check_finite, cpu_state, seeded
+from twostage.pipeline.training import cpu_state, fit, seeded
 
 
 @dataclass
@@ -127,7 +126,6 @@ def train_candidate_generator(
     """
     torch.manual_seed(seed)
     model = Nominator(context.catalog).to(device)
-    opt = adagrad(model, config.lr, config.weight_decay)
     generator = seeded(seed)
     device_generator = (
         generator if device.type == "cpu" else torch.Generator(device).manual_seed(seed)
@@ -135,45 +133,32 @@ def train_candidate_generator(
     users, items = context.users.to(device), context.items.to(device)
     propensities = context.propensities.to(device)
     ranker_scores = context.ranker_scores.to(device) if method == "2s" else None
+
+    def batch_loss(batch: torch.Tensor) -> torch.Tensor:
+        idx = batch.to(device)
+        batch_users = users[idx]
+        ranker_logits = ranker_scores[batch_users] if ranker_scores is not None else None
+        return method_loss(
+            method,
+            model.score_all(batch_users),
+            items[idx],
+            propensities[idx],
+            ranker_logits,
+            config,
+            device_generator,
+            k=context.k,
+        )
+
     rows: list[dict] = []
     best_epoch, best_value = 0, float("-inf")
     best_state: dict[str, torch.Tensor] = {}
-    for epoch in range(config.epochs):
-        for step, idx in enumerate(
-            batches(
-                len(users),
-                config.batch_size,
-                shuffle=config.shuffle,
-                generator=generator,
-                drop_last=True,
-            )
-        ):
-            idx = idx.to(device)
-            batch_users = users[idx]
-            logits = model.score_all(batch_users)
-            ranker_logits = ranker_scores[batch_users] if ranker_scores is not None else None
-            stage = f"candidate generator {method} seed {seed}"
-            try:
-                loss = method_loss(
-                    method,
-                    logits,
-                    items[idx],
-                    propensities[idx],
-                    ranker_logits,
-                    config,
-                    device_generator,
-                    k=context.k,
-                )
-            except NumericsError as err:  # name where it happened, not only the batch row
-                raise NumericsError(f"{stage}, epoch {epoch}, step {step}: {err}") from err
-            check_finite(loss, stage=stage, epoch=epoch, step=step)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+
+    def after_epoch(epoch: int) -> bool:  # evaluate; keep the state of the best epoch so far
+        nonlocal best_epoch, best_value, best_state
         epoch_rows = evaluate_epoch(model, context, device)
         for row in epoch_rows:
             row["epoch"] = epoch
-        rows += epoch_rows
+        rows.extend(epoch_rows)
         selected = next(
             r["value"]
             for r in epoch_rows
@@ -186,4 +171,17 @@ def train_candidate_generator(
             best_state = cpu_state(model)
         if progress is not None:
             progress.update(1)
+        return False
+
+    fit(
+        model,
+        batch_loss,
+        config,
+        n_rows=len(users),
+        generator=generator,
+        shuffle=config.shuffle,
+        drop_last=True,
+        stage=f"candidate generator {method} seed {seed}",
+        after_epoch=after_epoch,
+    )
     return {"rows": rows, "best_epoch": best_epoch, "state": best_state}

@@ -23,7 +23,7 @@ from twostage.ope import ips_estimate, snips_estimate, true_value, two_stage_pol
 from twostage.pipeline.cache import StageCache, atomic_write_text
 from twostage.pipeline.config import config_from_dict
 from twostage.pipeline.experiment import Prepared, prepare
-from twostage.pipeline.training import batches, seeded
+from twostage.pipeline.training import batches, load_model, seeded
 from twostage.propensity import inclusion_probabilities
 from twostage.results import METHOD_NAMES
 
@@ -43,9 +43,7 @@ OPE_COLUMNS = [
 
 def policy_probs(prepared: Prepared, state: dict, chunk: int = 1024) -> torch.Tensor:
     """(n_users, n_items) float64 softmax of a Nominator's scores over the catalogue."""
-    model = Nominator(prepared.data.catalog)
-    model.load_state_dict(state)
-    model.to(prepared.device).eval()
+    model = load_model(Nominator, prepared.data.catalog, state, prepared.device)
     out = torch.empty(prepared.data.n_users, prepared.data.n_items, dtype=torch.float64)
     with torch.no_grad():
         for idx in batches(prepared.data.n_users, chunk, shuffle=False):

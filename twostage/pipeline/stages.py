@@ -23,15 +23,7 @@ from twostage.pipeline.config import (
     SimulatorConfig,
     WorldConfig,
 )
-from twostage.pipeline.training import (
-    adagrad,
-    auc,
-    batches,
-    check_finite,
-    cpu_state,
-    numpy_rng,
-    seeded,
-)
+from twostage.pipeline.training import auc, batches, cpu_state, fit, load_model, numpy_rng, seeded
 from twostage.propensity import inclusion_probabilities
 
 
@@ -47,12 +39,10 @@ def train_simulator(
     """Train the impression simulator on the ratings; returns {"state", "info"}."""
     torch.manual_seed(config.seed)
     model = ImpressionSimulator(data.catalog).to(device)
-    opt = adagrad(model, config.lr, config.weight_decay)
     users, items = data.users.to(device), data.items.to(device)
     times, labels = data.timestamps.to(device), data.labels.to(device)
     train, val, test = split_ratings(data.n_ratings)
     train_idx = torch.arange(data.n_ratings)[train]
-    generator = seeded(config.seed)
 
     def evaluate(part: slice) -> float:
         model.eval()
@@ -66,31 +56,47 @@ def train_simulator(
         model.train()
         return auc(scores, labels[part])
 
+    def batch_loss(batch: torch.Tensor) -> torch.Tensor:
+        idx = train_idx[batch].to(device)
+        return F.binary_cross_entropy_with_logits(
+            model(users[idx], items[idx], times[idx]), labels[idx]
+        )
+
     curve: list[tuple[int, float]] = []
-    step, stopped = 0, False
-    for epoch in range(config.epochs):
-        for batch in batches(len(train_idx), config.batch_size, shuffle=True, generator=generator):
-            idx = train_idx[batch].to(device)
-            loss = F.binary_cross_entropy_with_logits(
-                model(users[idx], items[idx], times[idx]), labels[idx]
-            )
-            check_finite(loss, stage="simulator", epoch=epoch, step=step)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            step += 1
-            if progress is not None:
-                progress.update(1)
-            if step % config.validate_every == 0:
-                value = evaluate(val)
-                curve.append((step, value))
-                if value > config.stop_auc:
-                    stopped = True
-                    break
-        if stopped and config.early_stop == "run":
-            break
+    stopped = False
+
+    def after_step(step: int) -> bool:
+        """Validate every `validate_every` steps; an AUC above `stop_auc` ends the epoch."""
+        nonlocal stopped
+        if progress is not None:
+            progress.update(1)
+        if step % config.validate_every:
+            return False
+        curve.append((step, evaluate(val)))
+        stopped = curve[-1][1] > config.stop_auc
+        return stopped
+
+    def after_epoch(epoch: int) -> bool:
+        """`early_stop="run"`: a pass ends training; `"epoch"`: it only ended that epoch."""
+        nonlocal stopped
+        done = stopped and config.early_stop == "run"
         if config.early_stop == "epoch":
             stopped = False
+        return done
+
+    fitted = fit(
+        model,
+        batch_loss,
+        config,
+        n_rows=len(train_idx),
+        generator=seeded(config.seed),
+        shuffle=True,
+        drop_last=False,
+        stage="simulator",
+        after_step=after_step,
+        after_epoch=after_epoch,
+    )
+    step = fitted.steps
     info = {
         "steps": step,
         "val_auc": evaluate(val),
@@ -185,9 +191,7 @@ def build_world(
 
     `chunk_users` users are scored at a time (a runtime setting: memory, not results).
     """
-    simulator = ImpressionSimulator(data.catalog)
-    simulator.load_state_dict(simulator_state)
-    simulator.to(device).eval()
+    simulator = load_model(ImpressionSimulator, data.catalog, simulator_state, device)
     mean, std = user_timestamp_moments(data)
     # One call draws the same stream as the paper's per-user calls, in the same order.
     noise = numpy_rng(config.seed).normal(size=(data.n_users, data.n_items))
@@ -237,23 +241,30 @@ def train_logging_policy(
     val = slice(config.n_train, None)
     torch.manual_seed(config.seed)
     model = Nominator(catalog).to(device)
-    opt = adagrad(model, config.lr, config.weight_decay)
-    generator = seeded(config.seed)
-    curve = []
-    for epoch in range(config.epochs):
-        for step, idx in enumerate(
-            batches(config.n_train, config.batch_size, shuffle=True, generator=generator)
-        ):
-            idx = idx.to(device)
-            loss = F.binary_cross_entropy_with_logits(model(users[idx], items[idx]), labels[idx])
-            check_finite(loss, stage="logging policy", epoch=epoch, step=step)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    curve: list[float] = []
+
+    def batch_loss(batch: torch.Tensor) -> torch.Tensor:
+        idx = batch.to(device)
+        return F.binary_cross_entropy_with_logits(model(users[idx], items[idx]), labels[idx])
+
+    def after_epoch(epoch: int) -> bool:
         with torch.no_grad():
             model.eval()
             curve.append(auc(model(users[val], items[val]), labels[val]))
             model.train()
+        return False
+
+    fit(
+        model,
+        batch_loss,
+        config,
+        n_rows=config.n_train,
+        generator=seeded(config.seed),
+        shuffle=True,
+        drop_last=False,
+        stage="logging policy",
+        after_epoch=after_epoch,
+    )
     return {"state": cpu_state(model), "info": {"val_auc": curve[-1], "curve": curve}}
 
 
@@ -270,9 +281,7 @@ def sample_bandit_log(
     Returns users, items, propensities, single_propensities, rewards, timestamps:
     (n_users * K,), in user order; with "inclusion" also inclusion_propensities, inclusion_stderr.
     """
-    policy = Nominator(catalog)
-    policy.load_state_dict(policy_state)
-    policy.to(device).eval()
+    policy = load_model(Nominator, catalog, policy_state, device)
     n_users = catalog.n_users
     with torch.no_grad():
         logits = policy.score_all(torch.arange(n_users, device=device)).cpu().double()
@@ -315,32 +324,26 @@ def train_ranker(
     the last partial batch dropped — as the paper's code."""
     torch.manual_seed(config.seed)
     model = Ranker(catalog).to(device)
-    opt = adagrad(model, config.lr, config.weight_decay)
     users, items = log["users"].to(device), log["items"].to(device)
     times, rewards = log["timestamps"].to(device), log["rewards"].to(device)
-    generator = seeded(config.seed)
-    losses = []
-    for epoch in range(config.epochs):
-        total = 0.0
-        for step, idx in enumerate(
-            batches(
-                len(users),
-                config.batch_size,
-                shuffle=config.shuffle,
-                generator=generator,
-                drop_last=True,
-            )
-        ):
-            idx = idx.to(device)
-            loss = F.binary_cross_entropy_with_logits(
-                model(users[idx], items[idx], times[idx]), rewards[idx]
-            )
-            check_finite(loss, stage="ranker", epoch=epoch, step=step)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item()
-        losses.append(total / max(1, len(users) // config.batch_size))
+
+    def batch_loss(batch: torch.Tensor) -> torch.Tensor:
+        idx = batch.to(device)
+        return F.binary_cross_entropy_with_logits(
+            model(users[idx], items[idx], times[idx]), rewards[idx]
+        )
+
+    fitted = fit(
+        model,
+        batch_loss,
+        config,
+        n_rows=len(users),
+        generator=seeded(config.seed),
+        shuffle=config.shuffle,
+        drop_last=True,
+        stage="ranker",
+    )
+    losses = fitted.epoch_losses
     model.eval()
     with torch.no_grad():
         # Quality against the truth: AUC over up to 200k random pairs at the users' mean times.
@@ -357,9 +360,7 @@ def ranker_scores(
     catalog: Catalog, ranker_state: dict, world: World, device: torch.device, chunk: int = 1024
 ) -> torch.Tensor:
     """(n_users, n_items) ranker scores at each user's mean timestamp."""
-    ranker = Ranker(catalog)
-    ranker.load_state_dict(ranker_state)
-    ranker.to(device).eval()
+    ranker = load_model(Ranker, catalog, ranker_state, device)
     out = torch.empty(catalog.n_users, catalog.n_items)
     with torch.no_grad():
         for idx in batches(catalog.n_users, chunk, shuffle=False):

@@ -1,8 +1,11 @@
-"""Small training helpers shared by the stages: batches by tensor indexing, AUC, finite checks."""
+"""Training shared by every stage: one `fit` loop, batches by tensor indexing, AUC, finite checks,
+and `load_model` to rebuild a trained model from its state dict."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -77,3 +80,78 @@ def numpy_rng(seed: int) -> np.random.RandomState:
 def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """A detached CPU copy of `model`'s state dict (safe to keep while training goes on)."""
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def load_model(
+    cls: Callable[..., nn.Module], catalog, state: dict, device: torch.device
+) -> nn.Module:
+    """`cls(catalog)` with the trained `state`, on `device`, in evaluation mode."""
+    model = cls(catalog)
+    model.load_state_dict(state)
+    return model.to(device).eval()
+
+
+class Schedule(Protocol):
+    """What `fit` reads of a stage's settings (every stage config has these fields)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+
+
+@dataclass
+class Fitted:
+    """What `fit` did: optimiser steps taken, and the mean training loss of each epoch."""
+
+    steps: int = 0
+    epoch_losses: list[float] = field(default_factory=list)
+
+
+def fit(
+    model: nn.Module,
+    batch_loss: Callable[[torch.Tensor], torch.Tensor],
+    schedule: Schedule,
+    *,
+    n_rows: int,
+    generator: torch.Generator,
+    shuffle: bool,
+    drop_last: bool,
+    stage: str,
+    after_step: Callable[[int], bool] | None = None,
+    after_epoch: Callable[[int], bool] | None = None,
+) -> Fitted:
+    """The training loop of every stage: AdaGrad on `batch_loss` over batches of `range(n_rows)`,
+    with the epochs, batch size, learning rate and weight decay of `schedule`.
+
+    `batch_loss(idx)` gets a batch of row indices (CPU, long, shape (batch,)) and returns the
+    scalar loss of those rows. `after_step(steps)` runs after each step with the number of steps
+    so far and ends the epoch by returning True; `after_epoch(epoch)` runs after each epoch and
+    ends training by returning True. A non-finite loss, or a `NumericsError` raised by
+    `batch_loss`, stops training with the stage, epoch and step in the message.
+    """
+    optimizer = adagrad(model, schedule.lr, schedule.weight_decay)
+    fitted = Fitted()
+    for epoch in range(schedule.epochs):
+        total, steps_in_epoch = 0.0, 0
+        order = batches(
+            n_rows, schedule.batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last
+        )
+        for step, idx in enumerate(order):
+            try:
+                loss = batch_loss(idx)
+            except NumericsError as err:  # name where it happened, not only the batch row
+                raise NumericsError(f"{stage}, epoch {epoch}, step {step}: {err}") from err
+            check_finite(loss, stage=stage, epoch=epoch, step=step)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item()
+            steps_in_epoch += 1
+            fitted.steps += 1
+            if after_step is not None and after_step(fitted.steps):
+                break
+        fitted.epoch_losses.append(total / max(1, steps_in_epoch))
+        if after_epoch is not None and after_epoch(epoch):
+            break
+    return fitted
