@@ -21,6 +21,14 @@ RATINGS_DAT = (
 )
 
 
+@pytest.fixture
+def out(tmp_path: Path) -> Path:
+    """A run folder of fake results (`fake_results.py`) for the report and results tests."""
+    from fake_results import fake_results, write_out
+
+    return write_out(tmp_path / "out", fake_results())
+
+
 def write_ml1m(directory: Path, users=USERS_DAT, movies=MOVIES_DAT, ratings=RATINGS_DAT) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     for name, text in (("users.dat", users), ("movies.dat", movies), ("ratings.dat", ratings)):

@@ -21,11 +21,6 @@ from twostage.report import compare_summaries
 from twostage.results import SUMMARY_COLUMNS, load_results, summary_table
 
 
-@pytest.fixture
-def out(tmp_path: Path) -> Path:
-    return write_out(tmp_path / "out", fake_results())
-
-
 def test_markdown_has_expected_cells_and_synthetic_note(out: Path):
     results = load_results(out)
     paths = report.write_summary(out)
@@ -126,26 +121,13 @@ def test_means_within_the_combined_standard_errors_agree(tmp_path: Path):
 
 def test_the_cli_exits_1_when_a_mean_disagrees(tmp_path: Path, capsys):
     ref = write_summary_csv(tmp_path / "ref", [0.9, 0.8, 0.5], [0.01, 0.01, 0.01])
-    assert (
-        main(
-            [
-                "compare",
-                str(write_summary_csv(tmp_path / "same", [0.9, 0.8, 0.5], [0.01] * 3)),
-                str(ref),
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "compare",
-                str(write_summary_csv(tmp_path / "off", [0.9, 0.8, 0.9], [0.01] * 3)),
-                str(ref),
-            ]
-        )
-        == 1
-    )
+
+    def compare(name: str, means: list[float]) -> int:
+        run = write_summary_csv(tmp_path / name, means, [0.01] * 3)
+        return main(["compare", str(run), str(ref)])
+
+    assert compare("same", [0.9, 0.8, 0.5]) == 0
+    assert compare("off", [0.9, 0.8, 0.9]) == 1
     assert "2 of 3 means agree" in capsys.readouterr().out
 
 

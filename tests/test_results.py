@@ -12,18 +12,11 @@ from fake_results import (
     METHODS,
     SEEDS,
     TEST_METRICS,
-    fake_results,
     reference_values,
-    write_out,
 )
 
 from twostage import results as R
 from twostage.errors import DataFormatError
-
-
-@pytest.fixture
-def out(tmp_path: Path) -> Path:
-    return write_out(tmp_path / "out", fake_results())
 
 
 def test_load_results_round_trips_the_columns(out: Path):
