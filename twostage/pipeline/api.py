@@ -36,6 +36,6 @@ def reproduce(
 
 def summarize(out_dir: str | Path) -> str:
     """(Re)write a run's summary and figures from its files; return the summary's text."""
-    report.write_summary(out_dir)
+    written = report.write_summary(out_dir)
     report.write_figures(out_dir)
-    return report.format_summary(out_dir)
+    return written["md"].read_text(encoding="utf-8")  # the text just written, not made again

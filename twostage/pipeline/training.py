@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from twostage.data import Catalog
 from twostage.errors import NumericsError
 
 
@@ -83,7 +84,7 @@ def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def load_model(
-    cls: Callable[..., nn.Module], catalog, state: dict, device: torch.device
+    cls: Callable[..., nn.Module], catalog: Catalog, state: dict, device: torch.device
 ) -> nn.Module:
     """`cls(catalog)` with the trained `state`, on `device`, in evaluation mode."""
     model = cls(catalog)
