@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
+from twostage import objectives
 from twostage.errors import ConfigError
 from twostage.losses import ips_loss
 from twostage.losses_topk import top_k_multiplier, topk_ips_loss
-from twostage.pipeline.candidates import method_loss
 from twostage.pipeline.config import CandidateConfig, ExperimentConfig, parse_methods
-from twostage.results import ALL_METHODS, METHOD_NAMES, METHODS
+from twostage.results import display_name
 
 
 def reference_loss(logits, actions, propensities, k, cap, floor):
@@ -66,17 +66,18 @@ def test_the_multiplier_favours_items_the_policy_rarely_picks():
         top_k_multiplier(pi, 0)
 
 
-def test_method_loss_dispatches_ips_topk_with_the_logs_k():
+def test_the_registered_ips_topk_uses_the_logs_k():
     logits, actions, propensities = _batch(4)
     config = CandidateConfig()
-    got = method_loss("ips-topk", logits, actions, propensities, None, config, None, k=3)
+    batch = objectives.Batch(logits, actions, propensities, None, k=3)
+    got = objectives.get("ips-topk").loss(batch, config, None)
     want = topk_ips_loss(logits, actions, propensities, k=3, cap=config.cap, floor=config.floor)
     assert got.item() == want.item()
 
 
 def test_ips_topk_is_accepted_but_not_a_default_method():
-    assert METHODS == ("ce", "ips", "2s") and ExperimentConfig().methods == METHODS
-    assert "ips-topk" in ALL_METHODS and METHOD_NAMES["ips-topk"] == "Top-K IPS"
+    assert ExperimentConfig().methods == objectives.paper_methods() == ("ce", "ips", "2s")
+    assert "ips-topk" in objectives.OBJECTIVES and display_name("ips-topk") == "Top-K IPS"
     assert parse_methods("ce,ips-topk") == ("ce", "ips-topk")
     with pytest.raises(ConfigError, match="ips-topk"):
         parse_methods("dro")

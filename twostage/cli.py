@@ -13,6 +13,8 @@ EXIT_USER_ERROR = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from twostage.objectives import OBJECTIVES, paper_methods
+
     parser = argparse.ArgumentParser(
         prog="twostage",
         description="Off-policy learning in two-stage recommender systems (Ma et al., WWW 2020).",
@@ -60,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
         "reproduce", parents=[experiment], help="run the paper's whole experiment"
     )
     run.add_argument(
-        "--methods", help="comma-separated subset of ce,ips,2s,ips-topk (default ce,ips,2s)"
+        "--methods",
+        help=f"comma-separated subset of {','.join(OBJECTIVES)} "
+        f"(default {','.join(paper_methods())})",
     )
     run.add_argument("--alpha", type=float, help="2-IPS weight of the other-items term (1e-3)")
     run.add_argument("--cut", type=float, help="probability cut that labels the world")

@@ -21,6 +21,7 @@ from matplotlib.ticker import MaxNLocator
 from twostage.errors import DataFormatError
 from twostage.files import atomic_write_bytes, atomic_write_text
 from twostage.results import (
+    BASELINE,
     EVALUATIONS,
     SELECTION_RULE,
     TABLE_COLUMNS,
@@ -94,8 +95,8 @@ def format_summary(out_dir: str | Path) -> str:
         ]
         lines += [f"## {evaluation.capitalize()} evaluation", ""]
         lines += _markdown_table(["method", *TABLE_COLUMNS], rows) + [""]
-    others = [m for m in methods if m != "ce"]
-    if "ce" in methods and others:
+    others = [m for m in methods if m != BASELINE]
+    if BASELINE in methods and others:
         rows = [
             [display_name(m), e] + [cell(m, e, metric, "gain") for metric in TABLE_COLUMNS.values()]
             for m in others

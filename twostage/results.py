@@ -14,10 +14,9 @@ import numpy as np
 import pandas as pd
 
 from twostage.errors import DataFormatError
+from twostage.objectives import OBJECTIVES
 
-METHODS = ("ce", "ips", "2s")  # the paper's methods: the default runs
-ALL_METHODS = (*METHODS, "ips-topk")  # every method `--methods` accepts
-METHOD_NAMES = {"ce": "Cross-entropy", "ips": "1-IPS", "2s": "2-IPS", "ips-topk": "Top-K IPS"}
+BASELINE = "ce"  # the method relative gains are measured against (the paper's)
 
 RESULT_COLUMNS = [
     "dataset",
@@ -61,13 +60,15 @@ SELECTION_RULE = "each run's epoch is chosen by validation two-stage Precision@1
 
 
 def method_order(methods: list[str] | pd.Index) -> list[str]:
-    """`ce`, `ips`, `2s` first (those present), then any others alphabetically."""
+    """Registered objectives first, in registration order (`ce`, `ips`, `2s`, …), then any
+    others alphabetically."""
     present = set(methods)
-    return [m for m in METHOD_NAMES if m in present] + sorted(present - set(METHOD_NAMES))
+    return [m for m in OBJECTIVES if m in present] + sorted(present - set(OBJECTIVES))
 
 
 def display_name(method: str) -> str:
-    return METHOD_NAMES.get(method, method)
+    """The objective's name in tables and figures (`2s` → `2-IPS`); unknown names as they are."""
+    return OBJECTIVES[method].display_name if method in OBJECTIVES else method
 
 
 def load_results(out_dir: str | Path) -> pd.DataFrame:
@@ -132,7 +133,7 @@ def summary_table(results: pd.DataFrame) -> pd.DataFrame:
     ]
     per_seed = chosen.groupby(["method", "evaluation", "metric", "seed"])["value"].mean()
     table = mean_stderr(per_seed.groupby(level=["method", "evaluation", "metric"])).reset_index()
-    ce = table[table["method"] == "ce"].set_index(["evaluation", "metric"])["mean"]
+    ce = table[table["method"] == BASELINE].set_index(["evaluation", "metric"])["mean"]
     baseline = table.set_index(["evaluation", "metric"]).index.map(ce).to_numpy(dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
         gain = 100.0 * (table["mean"].to_numpy() / baseline - 1.0)

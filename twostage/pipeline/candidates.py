@@ -1,4 +1,5 @@
-"""Stage 6: candidate generators trained on the logged positives with CE, 1-IPS or 2-IPS."""
+"""Stage 6: candidate generators trained on the logged positives with a registered objective
+(CE, 1-IPS, 2-IPS, … — `twostage.objectives`)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
+from twostage import objectives
 from twostage.data import Catalog
 from twostage.evaluation import Evaluator
-from twostage.losses import cross_entropy_loss, ips_loss, two_stage_ips_loss
-from twostage.losses_topk import topk_ips_loss
 from twostage.models import Nominator
 from twostage.pipeline.config import CandidateConfig
 from twostage.pipeline.training import cpu_state, fit, seeded
@@ -38,40 +38,6 @@ class Context:
 def validation_size(n_users: int) -> int:
     """The paper's 2,000 of 6,040 validation users, scaled to other sizes."""
     return min(n_users - 1, max(1, round(2000 * n_users / 6040)))
-
-
-def method_loss(
-    method: str,
-    logits: torch.Tensor,
-    items: torch.Tensor,
-    propensities: torch.Tensor,
-    ranker_logits: torch.Tensor,
-    config: CandidateConfig,
-    generator: torch.Generator,
-    k: int = 5,
-) -> torch.Tensor:
-    """The loss of `method`; `k` is the bandit log's items per user (used by "ips-topk")."""
-    if method == "ce":
-        return cross_entropy_loss(logits, items)
-    if method == "ips":
-        return ips_loss(logits, items, propensities, cap=config.cap, floor=config.floor)
-    if method == "ips-topk":
-        return topk_ips_loss(logits, items, propensities, k=k, cap=config.cap, floor=config.floor)
-    if method == "2s":
-        return two_stage_ips_loss(
-            logits,
-            items,
-            propensities,
-            ranker_logits,
-            alpha=config.alpha,
-            n_slates=config.n_slates,
-            slate_size=config.slate_size,
-            temperature=config.temperature,
-            cap=config.cap,
-            floor=config.floor,
-            generator=generator,
-        )
-    raise ValueError(f"unknown method {method!r}")
 
 
 def evaluate_epoch(model: Nominator, context: Context, device: torch.device) -> list[dict]:
@@ -132,22 +98,20 @@ def train_candidate_generator(
     )
     users, items = context.users.to(device), context.items.to(device)
     propensities = context.propensities.to(device)
-    ranker_scores = context.ranker_scores.to(device) if method == "2s" else None
+    objective = objectives.get(method)
+    ranker_scores = context.ranker_scores.to(device) if objective.needs_ranker else None
 
     def batch_loss(batch: torch.Tensor) -> torch.Tensor:
         idx = batch.to(device)
         batch_users = users[idx]
-        ranker_logits = ranker_scores[batch_users] if ranker_scores is not None else None
-        return method_loss(
-            method,
-            model.score_all(batch_users),
-            items[idx],
-            propensities[idx],
-            ranker_logits,
-            config,
-            device_generator,
+        logged = objectives.Batch(
+            logits=model.score_all(batch_users),
+            items=items[idx],
+            propensities=propensities[idx],
+            ranker_logits=None if ranker_scores is None else ranker_scores[batch_users],
             k=context.k,
         )
+        return objective.loss(logged, config, device_generator)
 
     rows: list[dict] = []
     best_epoch, best_value = 0, float("-inf")

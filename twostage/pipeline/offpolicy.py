@@ -25,7 +25,7 @@ from twostage.pipeline.config import config_from_dict
 from twostage.pipeline.experiment import Prepared, prepare
 from twostage.pipeline.training import batches, load_model, seeded
 from twostage.propensity import inclusion_probabilities
-from twostage.results import METHOD_NAMES
+from twostage.results import display_name
 
 OPE_COLUMNS = [
     "policy",
@@ -165,7 +165,7 @@ def ope_markdown(frame: pd.DataFrame, out_dir: Path, missing: list[str]) -> str:
         )
         .reset_index()
     )
-    table["method"] = table["method"].map(lambda m: METHOD_NAMES.get(m, m))
+    table["method"] = table["method"].map(display_name)
     lines = [
         "# Off-policy evaluation against the truth",
         "",
@@ -187,7 +187,7 @@ def ope_markdown(frame: pd.DataFrame, out_dir: Path, missing: list[str]) -> str:
             .agg(["mean", "std", "count"])
             .reset_index()
         )
-        greedy["method"] = greedy["method"].map(lambda m: METHOD_NAMES.get(m, m))
+        greedy["method"] = greedy["method"].map(display_name)
         lines += [
             "",
             "## Greedy top-item reward at the best epoch (from results.csv)",

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
+from twostage import objectives
 from twostage.errors import ConfigError
 from twostage.pipeline.cache import StageCache, atomic_write_bytes, atomic_write_text
 from twostage.pipeline.config import ExperimentConfig, with_overrides
@@ -23,26 +24,31 @@ from twostage.runtime import Runtime
 
 @dataclass(frozen=True)
 class Factor:
-    """A sweepable setting: where it lives in the config, its type, and what it affects."""
+    """A sweepable setting: where it lives in the config and its type."""
 
     stage: str
     field: str
     kind: type
-    methods: tuple[str, ...]
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The objectives this factor affects (those whose loss reads it, else the paper's)."""
+        readers = objectives.reading(self.field) if self.stage == "candidates" else ()
+        return readers or objectives.paper_methods()
 
 
 FACTORS: dict[str, Factor] = {
-    "alpha": Factor("candidates", "alpha", float, ("2s",)),
-    "slate_size": Factor("candidates", "slate_size", int, ("2s",)),
-    "n_slates": Factor("candidates", "n_slates", int, ("2s",)),
-    "temperature": Factor("candidates", "temperature", float, ("2s",)),
-    "cap": Factor("candidates", "cap", float, ("ips", "ips-topk", "2s")),
-    "eval_k": Factor("candidates", "eval_k", int, ("ce", "ips", "2s")),
-    "epochs": Factor("candidates", "epochs", int, ("ce", "ips", "2s")),
-    "weight_decay": Factor("candidates", "weight_decay", float, ("ce", "ips", "2s")),
-    "ranker_epochs": Factor("ranker", "epochs", int, ("ce", "ips", "2s")),
-    "oracle_ranker": Factor("ranker", "oracle", bool, ("ce", "ips", "2s")),
-    "positive_share": Factor("world", "positive_share", float, ("ce", "ips", "2s")),
+    "alpha": Factor("candidates", "alpha", float),
+    "slate_size": Factor("candidates", "slate_size", int),
+    "n_slates": Factor("candidates", "n_slates", int),
+    "temperature": Factor("candidates", "temperature", float),
+    "cap": Factor("candidates", "cap", float),
+    "eval_k": Factor("candidates", "eval_k", int),
+    "epochs": Factor("candidates", "epochs", int),
+    "weight_decay": Factor("candidates", "weight_decay", float),
+    "ranker_epochs": Factor("ranker", "epochs", int),
+    "oracle_ranker": Factor("ranker", "oracle", bool),
+    "positive_share": Factor("world", "positive_share", float),
 }
 
 
