@@ -45,3 +45,16 @@ def test_the_map_names_only_modules_that_exist():
 def test_the_check_sees_a_missing_module(tmp_path: Path):
     text = PAGE.read_text().replace(".. automodule:: twostage.results\n", "")
     assert package_modules() - set(referenced(text)) == {"twostage.results"}
+
+
+def test_the_map_names_only_functions_and_classes_that_exist():
+    import importlib
+
+    table = PAGE.read_text().split("## Reference")[0]
+    missing = []
+    for row in (line for line in table.splitlines() if line.startswith("| `twostage")):
+        cells = row.split("|")
+        modules = [importlib.import_module(m) for m in re.findall(r"`(twostage[\w.]*)`", cells[1])]
+        names = re.findall(r"`(\w+)`", re.sub(r"\([^)]*\)", "", cells[3]))  # (methods) of a class
+        missing += [n for n in names if not any(hasattr(m, n) for m in modules)]
+    assert not missing, missing
