@@ -145,12 +145,15 @@ experiment.ranker_scores = shuffled_ranker_scores
 """
 
 RANKER_ON_FLIPPED_REWARDS = """
+import dataclasses
+
 import twostage.pipeline.experiment as experiment
 
 _train_ranker = experiment.train_ranker
 
 def train_ranker_on_flipped_rewards(catalog, world, log, config, device):  # the gradient reversed
-    return _train_ranker(catalog, world, {**log, "rewards": 1 - log["rewards"]}, config, device)
+    flipped = dataclasses.replace(log, rewards=1 - log.rewards)
+    return _train_ranker(catalog, world, flipped, config, device)
 
 experiment.train_ranker = train_ranker_on_flipped_rewards
 """

@@ -188,16 +188,16 @@ def test_evaluating_the_logging_policy_by_itself_recovers_the_logs_mean_reward(e
         (frame.method == "logging") & (frame.estimator == "ips") & (frame.propensity == "single")
     ].iloc[0]
     # every weight is π(a)/π(a) = 1, so IPS is the log's mean reward
-    assert row.estimate == pytest.approx(prepared.log["rewards"].mean().item(), rel=1e-6)
+    assert row.estimate == pytest.approx(prepared.log.rewards.mean().item(), rel=1e-6)
 
 
 def test_the_inclusion_log_and_the_saved_best_epoch_models(evaluated):
     config, root, out = evaluated
     prepared = prepare(config, cache=StageCache(root / "cache"), verbose=False)
     log = prepared.log
-    assert torch.equal(log["propensities"], log["inclusion_propensities"])
-    assert (log["inclusion_propensities"] >= log["single_propensities"]).all()
-    assert (log["inclusion_propensities"] <= 1).all() and log["inclusion_stderr"].shape == (300,)
+    assert torch.equal(log.propensities, log.inclusion_propensities)
+    assert (log.inclusion_propensities >= log.single_propensities).all()
+    assert (log.inclusion_propensities <= 1).all() and log.inclusion_stderr.shape == (300,)
     results = pd.read_csv(out / "results.csv")
     from twostage.models import Nominator
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -51,12 +52,12 @@ def test_stages_produce_a_consistent_world(tiny_world: Path, tmp_path: Path):
     assert world.probabilities.shape == (n_users, n_items)
     assert world.positive_share == pytest.approx(0.08, abs=0.01)  # default rule off ML-1M
     assert torch.equal(world.labels, world.probabilities >= world.cut)
-    assert len(log["users"]) == n_users * 5
+    assert len(log) == n_users * 5
     # five distinct items per user, propensities are the policy's single-draw probabilities
-    per_user = log["items"].view(n_users, 5)
+    per_user = log.items.view(n_users, 5)
     assert all(len(set(row.tolist())) == 5 for row in per_user)
-    assert ((log["propensities"] > 0) & (log["propensities"] <= 1)).all()
-    assert torch.equal(log["rewards"], world.labels[log["users"], log["items"]].float())
+    assert ((log.propensities > 0) & (log.propensities <= 1)).all()
+    assert torch.equal(log.rewards, world.labels[log.users, log.items].float())
 
 
 def test_cached_stages_are_reused_and_a_changed_setting_rebuilds_only_downstream(
@@ -332,8 +333,9 @@ def test_a_bandit_log_with_bad_propensities_is_refused_naming_the_row(bad, tiny_
 
     config = tiny_config(tiny_world)
     prepared = prepare(config, cache=StageCache(tmp_path), verbose=False)
-    log = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in prepared.log.items()}
-    log["propensities"][7] = bad
+    propensities = prepared.log.propensities.clone()
+    propensities[7] = bad
+    log = dataclasses.replace(prepared.log, propensities=propensities)
     with pytest.raises(NumericsError, match="bandit log: impression 7 .*expected a probability"):
         make_context(prepared.data, prepared.world, log, prepared.ranker, config, prepared.device)
 

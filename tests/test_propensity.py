@@ -92,3 +92,16 @@ def test_bad_inputs_are_refused():
         inclusion_probabilities(probs, torch.zeros(3, 1, dtype=torch.long), 2)
     with pytest.raises(NumericsError, match="positive probability"):
         exact_inclusion_probabilities(torch.tensor([[1.0, 0.0, 0.0]]), 2)
+
+
+def test_logged_inclusion_probabilities_are_at_least_the_single_draw_probability():
+    from twostage.propensity import logged_inclusion_probabilities
+
+    generator = torch.Generator().manual_seed(0)
+    probs = torch.softmax(3 * torch.randn(4, 50, generator=generator, dtype=torch.float64), dim=1)
+    items = torch.multinomial(probs, 3, generator=generator)
+    estimate, stderr = logged_inclusion_probabilities(
+        probs, items, 3, n_samples=50, generator=generator
+    )
+    assert estimate.shape == stderr.shape == (4, 3)
+    assert (estimate >= probs.gather(1, items)).all() and (estimate <= 1).all()

@@ -189,3 +189,14 @@ def test_bad_sizes_are_refused() -> None:
     with pytest.raises(ConfigError):
         sample_categorical(probs[0], 3)
     assert sample_categorical(probs, 0).shape == (2, 0)
+
+
+def test_gumbel_top_k_draws_distinct_items_first_by_the_softmax():
+    from twostage.sampling import gumbel_top_k
+
+    log_probs = torch.log_softmax(torch.tensor([[2.0, 1.0, 0.0, -1.0, -8.0]]), dim=1)
+    draws = gumbel_top_k(log_probs.expand(20_000, 5).double(), 3, torch.Generator().manual_seed(0))
+    assert draws.shape == (20_000, 3)
+    assert all(len(set(row)) == 3 for row in draws[:500].tolist())
+    first = torch.bincount(draws[:, 0], minlength=5).double() / 20_000
+    assert torch.allclose(first, log_probs.exp().squeeze(0).double(), atol=0.01)

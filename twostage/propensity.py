@@ -18,7 +18,7 @@ import itertools
 import torch
 
 from twostage.errors import ConfigError, NumericsError
-from twostage.sampling import distinct_mask, sample_categorical
+from twostage.sampling import distinct_mask, gumbel_top_k, sample_categorical
 
 __all__ = ["exact_inclusion_probabilities", "inclusion_probabilities", "sample_top_k_sets"]
 
@@ -75,11 +75,7 @@ def sample_top_k_sets(
         was_seen = torch.zeros(len(row), n_items + 1, dtype=torch.bool, device=probs.device)
         was_seen.scatter_(1, torch.where(seen >= 0, seen, n_items), True)
         logp = probs[row].double().log().masked_fill_(was_seen[:, :n_items], -torch.inf)
-        uniform = torch.rand(
-            logp.shape, generator=generator, dtype=torch.float64, device=probs.device
-        )
-        gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-300)))
-        extra = torch.topk(logp + gumbel, k, dim=1).indices  # (m, k) unseen items in draw order
+        extra = gumbel_top_k(logp, k, generator)  # (m, k) unseen items in draw order
         n_found = found[row, sample].unsqueeze(1)
         position = torch.arange(k, device=probs.device).unsqueeze(0)
         filled = extra.gather(1, (position - n_found).clamp_min(0))
@@ -150,3 +146,24 @@ def exact_inclusion_probabilities(probs: torch.Tensor, k: int) -> torch.Tensor:
             left = left - p[:, item]
         out[:, list(sequence)] += chance.unsqueeze(1)
     return out
+
+
+def logged_inclusion_probabilities(
+    probs: torch.Tensor,
+    items: torch.Tensor,
+    k: int,
+    *,
+    n_samples: int,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """P(item ∈ the K shown) of each logged item, estimated, and the estimate's standard error.
+
+    probs: (n_users, n_items) the logging policy's softmax; items: (n_users, K) logged items.
+    Returns two (n_users, K) tensors. The estimate is bounded below by the single-draw
+    probability (P(a ∈ S) ≥ P(a drawn first)), which keeps an item below the Monte Carlo
+    resolution positive.
+    """
+    estimate, stderr = inclusion_probabilities(
+        probs, items, k, n_samples=n_samples, generator=generator
+    )
+    return torch.maximum(estimate, probs.gather(1, items)), stderr

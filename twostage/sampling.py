@@ -169,3 +169,17 @@ def distinct_mask(slates: torch.Tensor) -> torch.Tensor:
     # The stable sort keeps equal items in their original order, so the head of each run of equal
     # items is that item's first occurrence; scatter the flags back to the original positions.
     return torch.zeros_like(first).scatter_(-1, order, first)
+
+
+def gumbel_top_k(log_probs: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """(rows, k) items drawn without replacement from each row's softmax, in draw order.
+
+    The top k of log-probabilities plus Gumbel noise have exactly the distribution of k
+    successive draws without replacement. `log_probs`: (rows, n_items), float64 recommended;
+    items with log-probability −inf are never drawn while others remain.
+    """
+    uniform = torch.rand(
+        log_probs.shape, generator=generator, dtype=torch.float64, device=log_probs.device
+    )
+    gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-300)))
+    return torch.topk(log_probs + gumbel, k, dim=1).indices

@@ -19,11 +19,11 @@ import twostage
 from twostage.data import MovieLens, load_movielens
 from twostage.errors import NumericsError
 from twostage.evaluation import Evaluator
+from twostage.pipeline.artifacts import BanditLog, TrainedModel, World
 from twostage.pipeline.cache import StageCache, atomic_write_bytes, atomic_write_text, stable_key
 from twostage.pipeline.candidates import Context, train_candidate_generator, validation_size
 from twostage.pipeline.config import ExperimentConfig, validate
 from twostage.pipeline.stages import (
-    World,
     build_world,
     ranker_scores,
     sample_bandit_log,
@@ -35,7 +35,7 @@ from twostage.pipeline.training import resolve_device
 from twostage.results import RESULT_COLUMNS
 from twostage.runtime import Runtime
 
-STAGE_VERSION = 1  # bump when a stage's code changes its output
+STAGE_VERSION = 2  # bump when a stage's code changes its output (2: typed artifacts)
 
 
 @dataclass
@@ -44,11 +44,11 @@ class Prepared:
 
     data: MovieLens
     device: torch.device
-    simulator: dict
+    simulator: TrainedModel
     world: World
-    logging_policy: dict
-    log: dict
-    ranker: dict
+    logging_policy: TrainedModel
+    log: BanditLog
+    ranker: TrainedModel
     context: Context
     keys: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
@@ -95,7 +95,7 @@ def prepare(
             return train_simulator(data, config.simulator, device, progress=bar)
 
     simulator = stage("simulator", config.simulator, data.fingerprint, simulator_build)
-    info = simulator["info"]
+    info = simulator.info
     _say(
         f"[simulator] {_src(cached, 'simulator')} {timings['simulator']:.1f}s · "
         f"{info['steps']} steps · val AUC {info['val_auc']:.3f} · test AUC {info['test_auc']:.3f}",
@@ -106,7 +106,7 @@ def prepare(
         "world",
         config.world,
         keys["simulator"],
-        lambda: build_world(data, simulator["state"], config.world, device, runtime.chunk_users),
+        lambda: build_world(data, simulator.state, config.world, device, runtime.chunk_users),
     )
     _say(
         f"[world] {_src(cached, 'world')} {timings['world']:.1f}s · "
@@ -123,7 +123,7 @@ def prepare(
     )
     _say(
         f"[logging policy] {_src(cached, 'logging_policy')} {timings['logging_policy']:.1f}s · "
-        f"val AUC {policy['info']['val_auc']:.3f}",
+        f"val AUC {policy.info['val_auc']:.3f}",
         verbose,
     )
 
@@ -131,12 +131,12 @@ def prepare(
         "bandit_log",
         config.bandit,
         keys["logging_policy"],
-        lambda: sample_bandit_log(data.catalog, world, policy["state"], config.bandit, device),
+        lambda: sample_bandit_log(data.catalog, world, policy.state, config.bandit, device),
     )
     _say(
         f"[bandit log] {_src(cached, 'bandit_log')} {timings['bandit_log']:.1f}s · "
-        f"{len(log['users']):,} impressions · {int(log['rewards'].sum()):,} positive · "
-        f"{log['items'].unique().numel():,} distinct items",
+        f"{len(log):,} impressions · {int(log.rewards.sum()):,} positive · "
+        f"{log.items.unique().numel():,} distinct items",
         verbose,
     )
 
@@ -148,7 +148,7 @@ def prepare(
     )
     _say(
         f"[ranker] {_src(cached, 'ranker')} {timings['ranker']:.1f}s · "
-        f"AUC vs truth {ranker['info']['truth_auc']:.3f}",
+        f"AUC vs truth {ranker.info['truth_auc']:.3f}",
         verbose,
     )
 
@@ -167,31 +167,31 @@ def _src(cached: dict[str, bool], name: str) -> str:
 def make_context(
     data: MovieLens,
     world: World,
-    log: dict,
-    ranker: dict,
+    log: BanditLog,
+    ranker: TrainedModel,
     config: ExperimentConfig,
     device: torch.device,
 ) -> Context:
     """The logged positives, the ranker's scores and the evaluator shared by all runs."""
-    check_propensities(log["propensities"], log["users"], log["items"])
-    positive = log["rewards"] > 0
+    check_propensities(log.propensities, log.users, log.items)
+    positive = log.rewards > 0
     if config.ranker.oracle:
         scores = torch.logit(world.probabilities_at_mean.double(), eps=1e-12).float()
     else:
-        scores = ranker_scores(data.catalog, ranker["state"], world, device)
-    users, items = log["users"][positive], log["items"][positive]
+        scores = ranker_scores(data.catalog, ranker.state, world, device)
+    users, items = log.users[positive], log.items[positive]
     evaluator = Evaluator(world.truth, users, items, scores, k=config.candidates.eval_k)
     n_val = validation_size(data.n_users)
     return Context(
         catalog=data.catalog,
         users=users,
         items=items,
-        propensities=log["propensities"][positive],
+        propensities=log.propensities[positive],
         ranker_scores=scores,
         evaluator=evaluator,
         val_users=torch.arange(n_val),
         test_users=torch.arange(n_val, data.n_users),
-        k=int(log["k"]),
+        k=log.k,
     )
 
 
@@ -335,13 +335,13 @@ def run_metadata(
             "cut_rule": world.cut_rule,
             "positive_share": world.positive_share,
         },
-        "simulator": {k: v for k, v in prepared.simulator["info"].items() if k != "curve"},
-        "logging_policy": {"val_auc": prepared.logging_policy["info"]["val_auc"]},
+        "simulator": {k: v for k, v in prepared.simulator.info.items() if k != "curve"},
+        "logging_policy": {"val_auc": prepared.logging_policy.info["val_auc"]},
         "bandit_log": {
-            "impressions": len(prepared.log["users"]),
-            "positives": int(prepared.log["rewards"].sum()),
+            "impressions": len(prepared.log),
+            "positives": int(prepared.log.rewards.sum()),
         },
-        "ranker": prepared.ranker["info"],
+        "ranker": prepared.ranker.info,
         "stage_keys": prepared.keys,
         "stage_cached": prepared.cached,
         "stage_seconds": {k: round(v, 2) for k, v in prepared.timings.items()},

@@ -23,8 +23,9 @@ from twostage.ope import ips_estimate, snips_estimate, true_value, two_stage_pol
 from twostage.pipeline.cache import StageCache, atomic_write_text
 from twostage.pipeline.config import config_from_dict
 from twostage.pipeline.experiment import Prepared, prepare
+from twostage.pipeline.stages import INCLUSION_SEED_OFFSET
 from twostage.pipeline.training import batches, load_model, seeded
-from twostage.propensity import inclusion_probabilities
+from twostage.propensity import logged_inclusion_probabilities
 from twostage.results import display_name
 
 OPE_COLUMNS = [
@@ -52,20 +53,24 @@ def policy_probs(prepared: Prepared, state: dict, chunk: int = 1024) -> torch.Te
 
 
 def impression_propensities(
-    prepared: Prepared, logging_probs: torch.Tensor, n_samples: int
+    prepared: Prepared, logging_probs: torch.Tensor, n_samples: int, bandit_seed: int
 ) -> dict[str, torch.Tensor]:
-    """Per-impression logging probabilities: "single" (as logged) and "inclusion" (P(a∈S)/K)."""
+    """Per-impression logging probabilities: "single" (as logged) and "inclusion" (P(a∈S)/K).
+
+    A log made with single-draw propensities gets its inclusion probabilities estimated here as
+    its stage would have (same estimator, same generator)."""
     log = prepared.log
-    k = int(log["k"])
-    single = log.get("single_propensities", log["propensities"])
-    inclusion = log.get("inclusion_propensities")
+    inclusion = log.inclusion_propensities
     if inclusion is None:
-        items = log["items"].view(-1, k)
-        estimate, _ = inclusion_probabilities(
-            logging_probs, items, k, n_samples=n_samples, generator=seeded(1_000_003)
+        inclusion, _ = logged_inclusion_probabilities(
+            logging_probs,
+            log.per_user(log.items),
+            log.k,
+            n_samples=n_samples,
+            generator=seeded(bandit_seed + INCLUSION_SEED_OFFSET),
         )
-        inclusion = torch.maximum(estimate, logging_probs.gather(1, items)).reshape(-1)
-    return {"single": single.double(), "inclusion": inclusion.double() / k}
+        inclusion = inclusion.reshape(-1)
+    return {"single": log.single_propensities.double(), "inclusion": inclusion.double() / log.k}
 
 
 def evaluate_policy(
@@ -79,7 +84,7 @@ def evaluate_policy(
 ) -> list[dict]:
     """Rows of estimates and true values for π = probs and its two-stage policy."""
     log, labels = prepared.log, prepared.world.labels
-    users, items, rewards = log["users"], log["items"], log["rewards"]
+    users, items, rewards = log.users, log.items, log.rewards
     two_stage = two_stage_policy(
         probs,
         prepared.context.ranker_scores,
@@ -125,8 +130,10 @@ def evaluate(
         raise ConfigError(f"{meta_path} not found: run `twostage reproduce --out {out_dir}` first.")
     config = config_from_dict(json.loads(meta_path.read_text())["config"])
     prepared = prepare(config, cache=StageCache(cache_dir), verbose=verbose)
-    logging_probs = policy_probs(prepared, prepared.logging_policy["state"])
-    propensities = impression_propensities(prepared, logging_probs, config.bandit.inclusion_samples)
+    logging_probs = policy_probs(prepared, prepared.logging_policy.state)
+    propensities = impression_propensities(
+        prepared, logging_probs, config.bandit.inclusion_samples, config.bandit.seed
+    )
     slate_size = config.candidates.eval_k
     policies = [("logging", "logging", config.logging_policy.seed, logging_probs)]
     missing = []

@@ -1,12 +1,11 @@
 """Stages 1–5: simulator → semi-synthetic world → logging policy → bandit log → ranker.
 
-Each stage is a plain function of its settings and inputs that returns an artifact: a dict of
-tensors and numbers that the stage cache can store (models as state dicts).
+Each stage is a plain function of its settings and inputs that returns a typed artifact of
+`twostage.pipeline.artifacts` (a `TrainedModel`, the `World`, the `BanditLog`), which the stage
+cache stores.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -15,6 +14,7 @@ from torch.nn import functional as F
 from twostage.data import Catalog, MovieLens
 from twostage.errors import ConfigError
 from twostage.models import ImpressionSimulator, Nominator, Ranker
+from twostage.pipeline.artifacts import BanditLog, TrainedModel, World
 from twostage.pipeline.config import (
     PAPER_CUT,
     BanditConfig,
@@ -24,7 +24,10 @@ from twostage.pipeline.config import (
     WorldConfig,
 )
 from twostage.pipeline.training import auc, batches, cpu_state, fit, load_model, numpy_rng, seeded
-from twostage.propensity import inclusion_probabilities
+from twostage.propensity import logged_inclusion_probabilities
+from twostage.sampling import gumbel_top_k
+
+INCLUSION_SEED_OFFSET = 1_000_003  # the inclusion estimate's generator: bandit seed + this
 
 
 # ---------------------------------------------------------------- 1. impression simulator
@@ -35,8 +38,8 @@ def split_ratings(n: int) -> tuple[slice, slice, slice]:
 
 def train_simulator(
     data: MovieLens, config: SimulatorConfig, device: torch.device, progress=None
-) -> dict:
-    """Train the impression simulator on the ratings; returns {"state", "info"}."""
+) -> TrainedModel:
+    """Train the impression simulator on the ratings (the first 3/5 of the file, in its order)."""
     torch.manual_seed(config.seed)
     model = ImpressionSimulator(data.catalog).to(device)
     users, items = data.users.to(device), data.items.to(device)
@@ -105,40 +108,10 @@ def train_simulator(
         "stopped_early": step < config.epochs * -(-len(train_idx) // config.batch_size),
         "train_size": len(train_idx),
     }
-    return {"state": cpu_state(model), "info": info}
+    return TrainedModel(cpu_state(model), info)
 
 
 # ---------------------------------------------------------------- 2. semi-synthetic world
-@dataclass
-class World:
-    """The semi-synthetic world: every user × item pair with a timestamp, probability and label.
-
-    Attributes:
-        timestamps: (n_users, n_items) float — each pair's sampled impression time.
-        probabilities: (n_users, n_items) float — the simulator's probability of a positive
-            label at that time.
-        labels: (n_users, n_items) bool — probabilities ≥ cut (the labels the log is drawn from).
-        mean_timestamps: (n_users,) — each user's mean sampled time (the evaluator's context).
-        probabilities_at_mean: (n_users, n_items) float — the probability at that mean time.
-        truth: (n_users, n_items) bool — probabilities_at_mean > cut (the evaluation's truth).
-        cut: the probability cut.
-        cut_rule: how the cut was chosen (given, the paper's, or a positive share).
-    """
-
-    timestamps: torch.Tensor
-    probabilities: torch.Tensor
-    labels: torch.Tensor
-    mean_timestamps: torch.Tensor
-    probabilities_at_mean: torch.Tensor
-    truth: torch.Tensor
-    cut: float
-    cut_rule: str
-
-    @property
-    def positive_share(self) -> float:
-        return float(self.labels.float().mean())
-
-
 def is_paper_ml1m(data: MovieLens) -> bool:
     """True for the real ML-1M (the only data the paper's cut was chosen for)."""
     return (
@@ -224,7 +197,7 @@ def build_world(
 # ---------------------------------------------------------------- 3. logging policy
 def train_logging_policy(
     catalog: Catalog, world: World, config: LoggingPolicyConfig, device: torch.device
-) -> dict:
+) -> TrainedModel:
     """BCE on `n_train` random pairs of the world; AUC on `n_val` more after every epoch."""
     n_items = world.labels.shape[1]
     n_pairs = world.labels.numel()
@@ -265,67 +238,62 @@ def train_logging_policy(
         stage="logging policy",
         after_epoch=after_epoch,
     )
-    return {"state": cpu_state(model), "info": {"val_auc": curve[-1], "curve": curve}}
+    return TrainedModel(cpu_state(model), {"val_auc": curve[-1], "curve": curve})
 
 
 # ---------------------------------------------------------------- 4. bandit log
 def sample_bandit_log(
     catalog: Catalog, world: World, policy_state: dict, config: BanditConfig, device: torch.device
-) -> dict:
+) -> BanditLog:
     """K distinct items per user, drawn in sequence without replacement from the policy's softmax.
 
     Gumbel-top-k draws all users at once; it has exactly the distribution of K successive draws
     without replacement. The logged propensity is the single-draw softmax probability, as the
     paper's code (not the probability that the item is among the K), unless
     `config.propensity == "inclusion"` (see `twostage.propensity`).
-    Returns users, items, propensities, single_propensities, rewards, timestamps:
-    (n_users * K,), in user order; with "inclusion" also inclusion_propensities, inclusion_stderr.
     """
     policy = load_model(Nominator, catalog, policy_state, device)
     n_users = catalog.n_users
     with torch.no_grad():
         logits = policy.score_all(torch.arange(n_users, device=device)).cpu().double()
     log_probs = torch.log_softmax(logits, dim=1)
-    uniform = torch.rand(log_probs.shape, generator=seeded(config.seed), dtype=torch.float64)
-    gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-300)))
-    items = torch.topk(log_probs + gumbel, config.k, dim=1).indices  # (n_users, K), draw order
+    items = gumbel_top_k(log_probs, config.k, seeded(config.seed))  # (n_users, K), draw order
     users = torch.arange(n_users)[:, None].expand_as(items)
-    single = log_probs.exp().gather(1, items)
-    log = {
-        "users": users.reshape(-1).clone(),
-        "items": items.reshape(-1).clone(),
-        "propensities": single.reshape(-1).float(),
-        "single_propensities": single.reshape(-1).float(),
-        "rewards": world.labels[users, items].reshape(-1).float(),
-        "timestamps": world.timestamps[users, items].reshape(-1).clone(),
-        "k": config.k,
-    }
+    single = log_probs.exp().gather(1, items).reshape(-1).float()
+    inclusion = stderr = None
     if config.propensity == "inclusion":
         # Its own generator, so the log's draws are the same with either propensity.
-        estimate, stderr = inclusion_probabilities(
+        inclusion, stderr = logged_inclusion_probabilities(
             log_probs.exp(),
             items,
             config.k,
             n_samples=config.inclusion_samples,
-            generator=seeded(config.seed + 1_000_003),
+            generator=seeded(config.seed + INCLUSION_SEED_OFFSET),
         )
-        # P(a ∈ S) ≥ P(a drawn first): the bound keeps a propensity below MC resolution positive.
-        log["inclusion_propensities"] = torch.maximum(estimate, single).reshape(-1).float()
-        log["inclusion_stderr"] = stderr.reshape(-1).float()
-        log["propensities"] = log["inclusion_propensities"]
-    return log
+        inclusion, stderr = inclusion.reshape(-1).float(), stderr.reshape(-1).float()
+    return BanditLog(
+        users=users.reshape(-1).clone(),
+        items=items.reshape(-1).clone(),
+        propensities=single if inclusion is None else inclusion,
+        single_propensities=single,
+        rewards=world.labels[users, items].reshape(-1).float(),
+        timestamps=world.timestamps[users, items].reshape(-1).clone(),
+        k=config.k,
+        inclusion_propensities=inclusion,
+        inclusion_stderr=stderr,
+    )
 
 
 # ---------------------------------------------------------------- 5. ranker
 def train_ranker(
-    catalog: Catalog, world: World, log: dict, config: RankerConfig, device: torch.device
-) -> dict:
+    catalog: Catalog, world: World, log: BanditLog, config: RankerConfig, device: torch.device
+) -> TrainedModel:
     """BCE on every logged impression with its timestamp; batches in log order by default,
     the last partial batch dropped — as the paper's code."""
     torch.manual_seed(config.seed)
     model = Ranker(catalog).to(device)
-    users, items = log["users"].to(device), log["items"].to(device)
-    times, rewards = log["timestamps"].to(device), log["rewards"].to(device)
+    users, items = log.users.to(device), log.items.to(device)
+    times, rewards = log.timestamps.to(device), log.rewards.to(device)
 
     def batch_loss(batch: torch.Tensor) -> torch.Tensor:
         idx = batch.to(device)
@@ -353,7 +321,7 @@ def train_ranker(
         truth_auc = auc(scores, world.truth[u, i].float())
         log_auc = auc(model(users, items, times), rewards)
     info = {"train_loss": losses, "truth_auc": truth_auc, "log_auc": log_auc}
-    return {"state": cpu_state(model), "info": info}
+    return TrainedModel(cpu_state(model), info)
 
 
 def ranker_scores(
