@@ -21,11 +21,10 @@ from twostage.errors import ConfigError
 from twostage.models import Nominator
 from twostage.ope import ips_estimate, snips_estimate, true_value, two_stage_policy
 from twostage.pipeline.cache import StageCache, atomic_write_text
-from twostage.pipeline.config import config_from_dict
+from twostage.pipeline.config import BanditConfig, config_from_dict
 from twostage.pipeline.experiment import Prepared, prepare
-from twostage.pipeline.stages import INCLUSION_SEED_OFFSET
+from twostage.pipeline.stages import inclusion_estimate
 from twostage.pipeline.training import batches, load_model, seeded
-from twostage.propensity import logged_inclusion_probabilities
 from twostage.results import display_name
 
 OPE_COLUMNS = [
@@ -53,22 +52,16 @@ def policy_probs(prepared: Prepared, state: dict, chunk: int = 1024) -> torch.Te
 
 
 def impression_propensities(
-    prepared: Prepared, logging_probs: torch.Tensor, n_samples: int, bandit_seed: int
+    prepared: Prepared, logging_probs: torch.Tensor, bandit: BanditConfig
 ) -> dict[str, torch.Tensor]:
     """Per-impression logging probabilities: "single" (as logged) and "inclusion" (P(a∈S)/K).
 
     A log made with single-draw propensities gets its inclusion probabilities estimated here as
-    its stage would have (same estimator, same generator)."""
+    its stage would have (`stages.inclusion_estimate`: same estimator, same generator)."""
     log = prepared.log
     inclusion = log.inclusion_propensities
     if inclusion is None:
-        inclusion, _ = logged_inclusion_probabilities(
-            logging_probs,
-            log.per_user(log.items),
-            log.k,
-            n_samples=n_samples,
-            generator=seeded(bandit_seed + INCLUSION_SEED_OFFSET),
-        )
+        inclusion, _ = inclusion_estimate(logging_probs, log.per_user(log.items), bandit)
         inclusion = inclusion.reshape(-1)
     return {"single": log.single_propensities.double(), "inclusion": inclusion.double() / log.k}
 
@@ -131,9 +124,7 @@ def evaluate(
     config = config_from_dict(json.loads(meta_path.read_text())["config"])
     prepared = prepare(config, cache=StageCache(cache_dir), verbose=verbose)
     logging_probs = policy_probs(prepared, prepared.logging_policy.state)
-    propensities = impression_propensities(
-        prepared, logging_probs, config.bandit.inclusion_samples, config.bandit.seed
-    )
+    propensities = impression_propensities(prepared, logging_probs, config.bandit)
     slate_size = config.candidates.eval_k
     policies = [("logging", "logging", config.logging_policy.seed, logging_probs)]
     missing = []

@@ -242,6 +242,23 @@ def train_logging_policy(
 
 
 # ---------------------------------------------------------------- 4. bandit log
+def inclusion_estimate(
+    probs: torch.Tensor, items: torch.Tensor, config: BanditConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bandit log's estimate of P(item among the K shown) and its standard error, both
+    (n_users, K), for the logged `items` (n_users, K) under the logging policy's `probs`
+    (n_users, n_items). Its generator is its own (bandit seed + `INCLUSION_SEED_OFFSET`), so the
+    log's draws are the same with either propensity, and `twostage evaluate` gets the estimate
+    the stage would have made."""
+    return logged_inclusion_probabilities(
+        probs,
+        items,
+        config.k,
+        n_samples=config.inclusion_samples,
+        generator=seeded(config.seed + INCLUSION_SEED_OFFSET),
+    )
+
+
 def sample_bandit_log(
     catalog: Catalog, world: World, policy_state: dict, config: BanditConfig, device: torch.device
 ) -> BanditLog:
@@ -259,17 +276,11 @@ def sample_bandit_log(
     log_probs = torch.log_softmax(logits, dim=1)
     items = gumbel_top_k(log_probs, config.k, seeded(config.seed))  # (n_users, K), draw order
     users = torch.arange(n_users)[:, None].expand_as(items)
-    single = log_probs.exp().gather(1, items).reshape(-1).float()
+    probs = log_probs.exp()
+    single = probs.gather(1, items).reshape(-1).float()
     inclusion = stderr = None
     if config.propensity == "inclusion":
-        # Its own generator, so the log's draws are the same with either propensity.
-        inclusion, stderr = logged_inclusion_probabilities(
-            log_probs.exp(),
-            items,
-            config.k,
-            n_samples=config.inclusion_samples,
-            generator=seeded(config.seed + INCLUSION_SEED_OFFSET),
-        )
+        inclusion, stderr = inclusion_estimate(probs, items, config)
         inclusion, stderr = inclusion.reshape(-1).float(), stderr.reshape(-1).float()
     return BanditLog(
         users=users.reshape(-1).clone(),
