@@ -195,3 +195,8 @@ def test_install_cells_and_badges_follow_the_repository_url():
     result = subprocess.run([sys.executable, str(ROOT / ".ci" / "sync_colab.py"), "--check"],
                             capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.md")), ids=lambda p: p.stem)
+def test_chapters_draw_with_the_plots_module_not_pyplot(path: Path):
+    assert not [s for s in code_cells(path) if "pyplot" in s or "plt." in s]

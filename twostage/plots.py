@@ -1,17 +1,25 @@
-"""Figures for the book's chapters; each helper takes tensors and returns a matplotlib Figure.
+"""Every figure of the package: the book's chapters, a run's report and a sweep.
 
-The small computations behind them (reliability bins, Lorenz curve, top-item shares) are
-separate functions, so that the chapters can print the numbers the figures show.
+Each helper takes tensors or result tables and returns a matplotlib `Figure` (never pyplot's
+global state); `save_png` writes one atomically. The small computations behind the chapters'
+figures (reliability bins, Lorenz curve, top-item shares) are separate functions, so that the
+chapters can print the numbers the figures show.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from twostage.files import atomic_write_bytes
+from twostage.results import EVALUATIONS, display_name, mean_stderr
 
 
 def _figure(ncols: int = 1, width: float = 6.4, height: float = 3.6) -> tuple[Figure, list]:
@@ -200,4 +208,145 @@ def bars(values: dict[str, float], *, ylabel: str, title: str = "") -> Figure:
     names = list(values)
     ax.bar(names, [values[n] for n in names], color=[f"C{i}" for i in range(len(names))])
     ax.set(ylabel=ylabel, title=title)
+    return fig
+
+
+# ---------------------------------------------------------------- a run's report and a sweep
+# The figures of `OUT/figures/` (written by `twostage.report.write_figures`) and of a sweep.
+
+
+def save_png(fig: Figure, path: Path, *, dpi: int = 150, tight: bool = True) -> Path:
+    """Write `fig` as a PNG to `path` atomically (never a half-written file); return `path`."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight" if tight else None)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def _title(text: str, synthetic: bool) -> str:
+    return f"{text} (synthetic data)" if synthetic else text
+
+
+def _grouped_bars(ax, stats: pd.DataFrame, methods: list[str], ylabel: str) -> None:
+    """Bars of `stats` (index (method, evaluation); mean, stderr) — one-stage beside two-stage."""
+    x = np.arange(len(methods))
+    for k, evaluation in enumerate(["one-stage", "two-stage"]):
+        part = stats.reindex([(m, evaluation) for m in methods])
+        ax.bar(
+            x + (k - 0.5) * 0.4,
+            100 * part["mean"].to_numpy(),
+            width=0.4,
+            label=evaluation,
+            yerr=100 * part["stderr"].fillna(0.0).to_numpy(),
+            capsize=3,
+        )
+    ax.set_xticks(x, [display_name(m) for m in methods])
+    ax.set_ylabel(ylabel)
+
+
+def validation_curves(results: pd.DataFrame, methods: list[str], synthetic: bool) -> Figure:
+    """Validation Precision@10 per epoch (mean ± standard error over seeds) per evaluation."""
+    val = results[(results["split"] == "val") & (results["metric"] == "Precision@10")]
+    per_seed = val.groupby(["method", "evaluation", "epoch", "seed"])["value"].mean()
+    stats = mean_stderr(per_seed.groupby(level=["method", "evaluation", "epoch"]))
+    fig = Figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, evaluation in zip(axes, EVALUATIONS, strict=True):
+        for method in methods:
+            if (method, evaluation) not in stats.droplevel("epoch").index:
+                continue
+            curve = stats.xs((method, evaluation), level=["method", "evaluation"])
+            epochs, mean = curve.index.to_numpy(), 100 * curve["mean"].to_numpy()
+            band = 100 * curve["stderr"].fillna(0.0).to_numpy()
+            (line,) = ax.plot(epochs, mean, marker="o", label=display_name(method))
+            ax.fill_between(epochs, mean - band, mean + band, color=line.get_color(), alpha=0.2)
+        ax.set_title(f"{evaluation.capitalize()} evaluation")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0].set_ylabel("validation Precision@10 (%)")
+    axes[0].legend()
+    fig.suptitle(_title("Validation Precision@10, mean ± standard error over seeds", synthetic))
+    return fig
+
+
+def test_metrics(table: pd.DataFrame, methods: list[str], synthetic: bool) -> Figure:
+    """Test P@10, R@10, NDCG@10 at the best epoch of `summary_table` rows, one- beside two-stage."""
+    stats = table.set_index(["metric", "method", "evaluation"])
+    fig = Figure(figsize=(12, 4))
+    axes = fig.subplots(1, 3)
+    for ax, metric in zip(axes, ["Precision@10", "Recall@10", "NDCG@10"], strict=True):
+        _grouped_bars(ax, stats.xs(metric, level="metric"), methods, f"test {metric} (%)")
+        ax.set_title(metric)
+    axes[0].legend()
+    fig.suptitle(_title("Test metrics at the best epoch (± standard error)", synthetic))
+    return fig
+
+
+def rewards(table: pd.DataFrame, methods: list[str], synthetic: bool) -> Figure:
+    """The shown item's reward per method, one- beside two-stage."""
+    stats = table[table["metric"] == "reward"].set_index(["method", "evaluation"])
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    _grouped_bars(ax, stats, methods, "reward of the shown item (% of users)")
+    ax.legend()
+    ax.set_title(_title("Reward of the single shown item (± standard error)", synthetic))
+    return fig
+
+
+def world_probabilities(hist: dict, positive_share: float | None, synthetic: bool) -> Figure:
+    """The histogram of `world_probabilities.json` with the cut."""
+    edges, counts = np.asarray(hist["bin_edges"], float), np.asarray(hist["counts"], float)
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", edgecolor="white")
+    share = "" if positive_share is None else f": {100 * positive_share:.1f}% of pairs positive"
+    ax.axvline(hist["cut"], color="tab:red", linestyle="--", label=f"cut {hist['cut']:.3f}{share}")
+    ax.set_xlabel("simulator probability of a positive reward")
+    ax.set_ylabel("user × item pairs")
+    ax.set_yscale("log" if counts.max(initial=0) > 100 * max(np.median(counts), 1) else "linear")
+    ax.legend()
+    ax.set_title(_title("Simulator probabilities over all user × item pairs", synthetic))
+    return fig
+
+
+def factor_figure(rows: pd.DataFrame, name: str, metric: str = "Precision@10") -> Figure:
+    """A sweep's rows of one factor: test `metric` (mean ± standard error) per value, one panel
+    per evaluation, one line per method."""
+    figure = Figure(figsize=(9, 3.6))
+    values = list(dict.fromkeys(rows["value"]))
+    for ax, evaluation in zip(
+        figure.subplots(1, 2, sharey=True), ("two-stage", "one-stage"), strict=True
+    ):
+        for method, group in rows[
+            (rows.evaluation == evaluation) & (rows.metric == metric)
+        ].groupby("method", sort=False):
+            group = group.set_index("value").reindex(values)
+            ax.errorbar(
+                range(len(values)),
+                group["mean"] * 100,
+                yerr=group["stderr"] * 100,
+                marker="o",
+                capsize=3,
+                label=method,
+            )
+        ax.set_xticks(range(len(values)), values)
+        ax.set_xlabel(name)
+        ax.set_title(f"{evaluation} test {metric}")
+        ax.grid(alpha=0.3)
+    figure.axes[0].set_ylabel(f"{metric} (%)")
+    figure.axes[0].legend()
+    figure.tight_layout()
+    return figure
+
+
+def inclusion_ratio(single: torch.Tensor, inclusion: torch.Tensor, k: int) -> Figure:
+    """P(a ∈ S) / β(a) against the single-draw propensity β(a) of each logged impression."""
+    fig, (ax,) = _figure()
+    ax.scatter(_numpy(single).ravel(), (_numpy(inclusion) / _numpy(single)).ravel(), s=6, alpha=0.4)
+    ax.axhline(k, ls="--", c="grey", label=f"K = {k} (rare items)")
+    ax.axhline(1, ls=":", c="grey")
+    ax.set_xscale("log")
+    ax.set(xlabel="single-draw propensity β(a)", ylabel="P(a ∈ S) / β(a)",
+           title="How far the logged propensity is from the inclusion probability")  # fmt: skip
+    ax.legend()
     return fig

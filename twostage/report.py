@@ -8,18 +8,16 @@ shows them in percent, as the paper's Tables 2 and 3 do, with the standard error
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
+from twostage import plots
 from twostage.errors import DataFormatError
-from twostage.files import atomic_write_bytes, atomic_write_text
+from twostage.files import atomic_write_text
 from twostage.results import (
     BASELINE,
     EVALUATIONS,
@@ -27,7 +25,6 @@ from twostage.results import (
     TABLE_COLUMNS,
     display_name,
     load_results,
-    mean_stderr,
     method_order,
     summary_table,
 )
@@ -122,95 +119,6 @@ def write_summary(out_dir: str | Path) -> dict[str, Path]:
     }
 
 
-def _save(fig: Figure, path: Path) -> Path:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=150, bbox_inches="tight")
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
-
-
-def _title(text: str, synthetic: bool) -> str:
-    return f"{text} (synthetic data)" if synthetic else text
-
-
-def _grouped_bars(ax, stats: pd.DataFrame, methods: list[str], ylabel: str) -> None:
-    """Bars of `stats` (index (method, evaluation); mean, stderr) — one-stage beside two-stage."""
-    x = np.arange(len(methods))
-    for k, evaluation in enumerate(["one-stage", "two-stage"]):
-        part = stats.reindex([(m, evaluation) for m in methods])
-        ax.bar(
-            x + (k - 0.5) * 0.4,
-            100 * part["mean"].to_numpy(),
-            width=0.4,
-            label=evaluation,
-            yerr=100 * part["stderr"].fillna(0.0).to_numpy(),
-            capsize=3,
-        )
-    ax.set_xticks(x, [display_name(m) for m in methods])
-    ax.set_ylabel(ylabel)
-
-
-def _validation_curves(results: pd.DataFrame, methods: list[str], synthetic: bool) -> Figure:
-    val = results[(results["split"] == "val") & (results["metric"] == "Precision@10")]
-    per_seed = val.groupby(["method", "evaluation", "epoch", "seed"])["value"].mean()
-    stats = mean_stderr(per_seed.groupby(level=["method", "evaluation", "epoch"]))
-    fig = Figure(figsize=(10, 4))
-    axes = fig.subplots(1, 2, sharey=True)
-    for ax, evaluation in zip(axes, EVALUATIONS, strict=True):
-        for method in methods:
-            if (method, evaluation) not in stats.droplevel("epoch").index:
-                continue
-            curve = stats.xs((method, evaluation), level=["method", "evaluation"])
-            epochs, mean = curve.index.to_numpy(), 100 * curve["mean"].to_numpy()
-            band = 100 * curve["stderr"].fillna(0.0).to_numpy()
-            (line,) = ax.plot(epochs, mean, marker="o", label=display_name(method))
-            ax.fill_between(epochs, mean - band, mean + band, color=line.get_color(), alpha=0.2)
-        ax.set_title(f"{evaluation.capitalize()} evaluation")
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[0].set_ylabel("validation Precision@10 (%)")
-    axes[0].legend()
-    fig.suptitle(_title("Validation Precision@10, mean ± standard error over seeds", synthetic))
-    return fig
-
-
-def _test_metrics(table: pd.DataFrame, methods: list[str], synthetic: bool) -> Figure:
-    stats = table.set_index(["metric", "method", "evaluation"])
-    fig = Figure(figsize=(12, 4))
-    axes = fig.subplots(1, 3)
-    for ax, metric in zip(axes, ["Precision@10", "Recall@10", "NDCG@10"], strict=True):
-        _grouped_bars(ax, stats.xs(metric, level="metric"), methods, f"test {metric} (%)")
-        ax.set_title(metric)
-    axes[0].legend()
-    fig.suptitle(_title("Test metrics at the best epoch (± standard error)", synthetic))
-    return fig
-
-
-def _rewards(table: pd.DataFrame, methods: list[str], synthetic: bool) -> Figure:
-    stats = table[table["metric"] == "reward"].set_index(["method", "evaluation"])
-    fig = Figure(figsize=(6, 4))
-    ax = fig.subplots()
-    _grouped_bars(ax, stats, methods, "reward of the shown item (% of users)")
-    ax.legend()
-    ax.set_title(_title("Reward of the single shown item (± standard error)", synthetic))
-    return fig
-
-
-def _probabilities(hist: dict, positive_share: float | None, synthetic: bool) -> Figure:
-    edges, counts = np.asarray(hist["bin_edges"], float), np.asarray(hist["counts"], float)
-    fig = Figure(figsize=(6, 4))
-    ax = fig.subplots()
-    ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", edgecolor="white")
-    share = "" if positive_share is None else f": {100 * positive_share:.1f}% of pairs positive"
-    ax.axvline(hist["cut"], color="tab:red", linestyle="--", label=f"cut {hist['cut']:.3f}{share}")
-    ax.set_xlabel("simulator probability of a positive reward")
-    ax.set_ylabel("user × item pairs")
-    ax.set_yscale("log" if counts.max(initial=0) > 100 * max(np.median(counts), 1) else "linear")
-    ax.legend()
-    ax.set_title(_title("Simulator probabilities over all user × item pairs", synthetic))
-    return fig
-
-
 def write_figures(out_dir: str | Path) -> list[Path]:
     """Write the PNGs under `OUT/figures/`; a figure whose input file is absent is skipped."""
     out_dir = Path(out_dir)
@@ -223,16 +131,16 @@ def write_figures(out_dir: str | Path) -> list[Path]:
         methods = method_order(results["method"].unique())
         table = summary_table(results)
         for name, fig in (
-            ("validation_curves.png", _validation_curves(results, methods, synthetic)),
-            ("test_metrics.png", _test_metrics(table, methods, synthetic)),
-            ("rewards.png", _rewards(table, methods, synthetic)),
+            ("validation_curves.png", plots.validation_curves(results, methods, synthetic)),
+            ("test_metrics.png", plots.test_metrics(table, methods, synthetic)),
+            ("rewards.png", plots.rewards(table, methods, synthetic)),
         ):
-            written.append(_save(fig, figures / name))
+            written.append(plots.save_png(fig, figures / name))
     hist = _read_json(out_dir / "world_probabilities.json")
     if hist:
         share = hist.get("positive_share", run.get("world", {}).get("positive_share"))
-        fig = _probabilities(hist, share, synthetic)
-        written.append(_save(fig, figures / "simulator_probabilities.png"))
+        fig = plots.world_probabilities(hist, share, synthetic)
+        written.append(plots.save_png(fig, figures / "simulator_probabilities.png"))
     return written
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from twostage import objectives
+from twostage import objectives, plots
 from twostage.errors import ConfigError
-from twostage.pipeline.cache import StageCache, atomic_write_bytes, atomic_write_text
+from twostage.pipeline.cache import StageCache, atomic_write_text
 from twostage.pipeline.config import ExperimentConfig, with_overrides
 from twostage.results import summary_table
 from twostage.runtime import Runtime
@@ -112,45 +112,6 @@ def sweep(
     summary = pd.concat(frames, ignore_index=True)
     atomic_write_text(out_dir / "sweep.csv", summary.to_csv(index=False))
     for name in grid:
-        atomic_write_bytes(
-            out_dir / "figures" / f"{name}.png",
-            factor_figure(summary[summary.factor == name], name),
-        )
+        figure = plots.factor_figure(summary[summary.factor == name], name)
+        plots.save_png(figure, out_dir / "figures" / f"{name}.png", dpi=120, tight=False)
     return summary
-
-
-def factor_figure(rows: pd.DataFrame, name: str, metric: str = "Precision@10") -> bytes:
-    """PNG bytes: test `metric` (mean ± standard error) per value, one- and two-stage."""
-    import io
-
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(9, 3.6))
-    FigureCanvasAgg(figure)
-    values = list(dict.fromkeys(rows["value"]))
-    for ax, evaluation in zip(
-        figure.subplots(1, 2, sharey=True), ("two-stage", "one-stage"), strict=True
-    ):
-        for method, group in rows[
-            (rows.evaluation == evaluation) & (rows.metric == metric)
-        ].groupby("method", sort=False):
-            group = group.set_index("value").reindex(values)
-            ax.errorbar(
-                range(len(values)),
-                group["mean"] * 100,
-                yerr=group["stderr"] * 100,
-                marker="o",
-                capsize=3,
-                label=method,
-            )
-        ax.set_xticks(range(len(values)), values)
-        ax.set_xlabel(name)
-        ax.set_title(f"{evaluation} test {metric}")
-        ax.grid(alpha=0.3)
-    figure.axes[0].set_ylabel(f"{metric} (%)")
-    figure.axes[0].legend()
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120)
-    return buffer.getvalue()
