@@ -24,7 +24,15 @@ def random_catalog(n_users: int = 7, n_items: int = 11, seed: int = 0) -> Catalo
     )
     genres = torch.rand(n_items, 18, generator=g)
     genres = genres / genres.sum(1, keepdim=True)
-    return Catalog(user_features, item_features, genres, 2, 3, 4, 5, 6)
+    return Catalog(
+        user_features,
+        item_features,
+        genres,
+        user_fields=("gender", "age", "occupation", "zip"),
+        user_cardinalities=(2, 3, 4, 5),
+        item_fields=("year",),
+        item_cardinalities=(6,),
+    )
 
 
 @pytest.fixture
@@ -36,7 +44,7 @@ def test_sizes_come_from_the_catalog(catalog: Catalog):
     model = Nominator(catalog)
     assert model.user_rep.user_embedding.num_embeddings == catalog.n_users + 1
     assert model.item_rep.item_embedding.num_embeddings == catalog.n_items + 1
-    assert model.item_rep.year_embedding.num_embeddings == catalog.n_years
+    assert [e.num_embeddings for e in model.item_rep.feature_embeddings] == [6]
     assert model.item_rep.genre_linear.in_features == catalog.n_genres
     assert [e.num_embeddings for e in model.user_rep.feature_embeddings] == [2, 3, 4, 5]
     assert model.user_rep.dim == 30 and model.item_rep.dim == 20
@@ -99,3 +107,27 @@ def test_models_move_with_their_catalog(catalog: Catalog):
     model = Nominator(catalog).to(torch.float64)
     assert model.item_genres.dtype == torch.float64
     assert model.score_all(torch.tensor([0])).dtype == torch.float64
+
+
+def test_a_catalog_with_other_side_features_builds_one_embedding_each():
+    """Two user features (not ML's four), three item features and no genres: no code changes."""
+    g = torch.Generator().manual_seed(1)
+    users = torch.stack([torch.arange(1, 6), torch.randint(0, 3, (5,), generator=g),
+                         torch.randint(0, 7, (5,), generator=g)], dim=1)  # fmt: skip
+    items = torch.stack([torch.arange(1, 9)] + [torch.randint(0, 4, (8,), generator=g)] * 3, 1)
+    catalog = Catalog(users, items, torch.zeros(8, 0), ("region", "device"), (3, 7),
+                      ("brand", "shop", "colour"), (4, 4, 4))  # fmt: skip
+    model = Ranker(catalog)
+    assert [e.num_embeddings for e in model.user_rep.feature_embeddings] == [3, 7]
+    assert len(model.item_rep.feature_embeddings) == 3 and model.item_rep.genre_linear is None
+    assert model.user_rep.dim == 20 and model.item_rep.dim == 25
+    scores = model.score_all(torch.arange(5), torch.rand(5, generator=g))
+    assert scores.shape == (5, 8) and torch.isfinite(scores).all()
+    sizes = {"users": 5, "items": 8, "regions": 3, "devices": 7, "brands": 4, "shops": 4}
+    assert catalog.cardinalities() == {**sizes, "colours": 4, "genres": 0}
+
+
+def test_a_catalog_refuses_features_that_do_not_match_their_fields():
+    with pytest.raises(ValueError, match="user features"):
+        Catalog(torch.zeros(3, 3, dtype=torch.long), torch.zeros(2, 2, dtype=torch.long),
+                torch.zeros(2, 1), ("a",), (2,), ("b",), (2,))  # fmt: skip

@@ -31,6 +31,7 @@ def test_the_wheel_carries_an_exact_copy_of_results(wheel: Path):
         copied = {
             n[len(prefix) :]: archive.read(n) for n in archive.namelist() if n.startswith(prefix)
         }
+        assert "twostage/data/ml1m_shares.json" in archive.namelist()
     expected = {
         str(p): (ROOT / "results" / p).read_bytes() for p in shipped_files(ROOT / "results")
     }

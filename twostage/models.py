@@ -17,41 +17,45 @@ from twostage.data.movielens import Catalog
 
 
 class ItemRepresentation(nn.Module):
-    """Item id embedding (10) ⊕ year embedding (5) ⊕ linear map of the genre vector (5)."""
+    """Item id embedding (10) ⊕ one embedding per side feature (5 each; ML: year) ⊕ a linear map
+    of the genre vector (5)."""
 
-    def __init__(self, catalog: Catalog, item_dim: int = 10, year_dim: int = 5, genre_dim: int = 5):
+    def __init__(
+        self, catalog: Catalog, item_dim: int = 10, feature_dim: int = 5, genre_dim: int = 5
+    ):
         super().__init__()
         self.item_embedding = nn.Embedding(catalog.n_items + 1, item_dim, padding_idx=0)
-        self.year_embedding = nn.Embedding(catalog.n_years, year_dim)
-        self.genre_linear = nn.Linear(catalog.n_genres, genre_dim)
-        self.dim = item_dim + year_dim + genre_dim
+        self.feature_embeddings = nn.ModuleList(
+            nn.Embedding(n, feature_dim) for n in catalog.item_cardinalities
+        )
+        self.genre_linear = nn.Linear(catalog.n_genres, genre_dim) if catalog.n_genres else None
+        genre_part = genre_dim if catalog.n_genres else 0
+        self.dim = item_dim + feature_dim * len(catalog.item_cardinalities) + genre_part
 
     def forward(self, categorical: torch.Tensor, genres: torch.Tensor) -> torch.Tensor:
-        """categorical: (b, 2) long [dense id, year]; genres: (b, n_genres) → (b, dim)."""
-        return torch.cat(
-            [
-                self.item_embedding(categorical[:, 0]),
-                self.year_embedding(categorical[:, 1]),
-                self.genre_linear(genres),
-            ],
-            dim=1,
-        )
+        """categorical: (b, 1 + n_fields) long [dense id, side features]; genres: (b, n_genres)
+        → (b, dim)."""
+        parts = [self.item_embedding(categorical[:, 0])]
+        parts += [emb(categorical[:, i + 1]) for i, emb in enumerate(self.feature_embeddings)]
+        if self.genre_linear is not None:
+            parts.append(self.genre_linear(genres))
+        return torch.cat(parts, dim=1)
 
 
 class UserRepresentation(nn.Module):
-    """User id embedding (10) ⊕ gender, age, occupation and zip embeddings (5 each)."""
+    """User id embedding (10) ⊕ one embedding per side feature (5 each; ML: gender, age,
+    occupation, zip)."""
 
     def __init__(self, catalog: Catalog, user_dim: int = 10, feature_dim: int = 5):
         super().__init__()
         self.user_embedding = nn.Embedding(catalog.n_users + 1, user_dim, padding_idx=0)
         self.feature_embeddings = nn.ModuleList(
-            nn.Embedding(n, feature_dim)
-            for n in (catalog.n_genders, catalog.n_ages, catalog.n_occupations, catalog.n_zips)
+            nn.Embedding(n, feature_dim) for n in catalog.user_cardinalities
         )
-        self.dim = user_dim + 4 * feature_dim
+        self.dim = user_dim + feature_dim * len(catalog.user_cardinalities)
 
     def forward(self, categorical: torch.Tensor) -> torch.Tensor:
-        """categorical: (b, 5) long [dense id, gender, age, occupation, zip] → (b, dim)."""
+        """categorical: (b, 1 + n_fields) long [dense id, side features] → (b, dim)."""
         parts = [self.user_embedding(categorical[:, 0])]
         parts += [emb(categorical[:, i + 1]) for i, emb in enumerate(self.feature_embeddings)]
         return torch.cat(parts, dim=1)

@@ -54,30 +54,101 @@ _RELEASE_YEAR = r"(\d{4})\s*$"
 
 
 @dataclass(frozen=True)
+class Table:
+    """One file of a layout: its name, field separator, encoding and columns."""
+
+    file: str
+    sep: str
+    columns: tuple[str, ...]
+    encoding: str = "latin-1"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a MovieLens-style data set is written: the table of layouts below is all a reader
+    knows about a format. A data set with other files or side features is one more entry.
+
+    user_fields: (feature name, column) of each user side feature, in the models' order
+    integer_fields: user columns that must hold integers
+    genres: "names" (one `|`-separated column `Genres`) or "flags" (one 0/1 column per genre)
+    release_column: a column whose trailing year stands in for a title without "(YYYY)"
+    """
+
+    name: str
+    ratings: Table
+    users: Table
+    items: Table
+    user_fields: tuple[tuple[str, str], ...]
+    integer_fields: tuple[str, ...]
+    genres: str
+    release_column: str | None = None
+
+
+_USER_FIELDS = (("gender", "Gender"), ("age", "Age"), ("occupation", "Occupation"),
+                ("zip", "Zip-code"))  # fmt: skip
+RATING_COLUMNS = ("UserID", "MovieID", "Rating", "Timestamp")
+LAYOUTS: dict[str, Layout] = {
+    "ml-1m": Layout(
+        name="ml-1m",
+        ratings=Table("ratings.dat", "::", RATING_COLUMNS, encoding="ascii"),
+        users=Table("users.dat", "::", ("UserID", "Gender", "Age", "Occupation", "Zip-code")),
+        items=Table("movies.dat", "::", ("MovieID", "Title", "Genres")),
+        user_fields=_USER_FIELDS,
+        integer_fields=("Age", "Occupation"),
+        genres="names",
+    ),
+    "ml-100k": Layout(
+        name="ml-100k",
+        ratings=Table("u.data", "\t", RATING_COLUMNS, encoding="ascii"),
+        users=Table("u.user", "|", ("UserID", "Age", "Gender", "Occupation", "Zip-code")),
+        items=Table(
+            "u.item", "|", ("MovieID", "Title", "Release", "VideoRelease", "URL", *ML100K_FLAGS)
+        ),
+        user_fields=_USER_FIELDS,
+        integer_fields=("Age",),
+        genres="flags",
+        release_column="Release",
+    ),
+}
+ITEM_FIELDS = ("year",)
+
+
+@dataclass(frozen=True)
 class Catalog:
     """The users' and items' features, and the cardinalities that size the models' embeddings.
 
     Attributes:
-        user_features: (n_users, 5) long — [dense id 1..n_users, gender, age, occupation, zip].
-        item_features: (n_items, 2) long — [dense id 1..n_items, year].
+        user_features: (n_users, 1 + len(user_fields)) long — [dense id 1..n_users, one column
+            per side feature], each feature coded 0..cardinality − 1.
+        item_features: (n_items, 1 + len(item_fields)) long — [dense id 1..n_items, side
+            features].
         item_genres: (n_items, n_genres) float — genre flags divided by their row sum (0 rows
             stay 0).
-        n_genders: the number of genders (the side features' cardinalities size the
-            embeddings; so do the next four).
-        n_ages: the number of age groups.
-        n_occupations: the number of occupations.
-        n_zips: the number of zip codes.
-        n_years: the number of release years.
+        user_fields: the user side features' names, in column order (ML: gender, age,
+            occupation, zip).
+        user_cardinalities: each user side feature's number of categories.
+        item_fields: the item side features' names (ML: year).
+        item_cardinalities: each item side feature's number of categories.
     """
 
     user_features: torch.Tensor
     item_features: torch.Tensor
     item_genres: torch.Tensor
-    n_genders: int
-    n_ages: int
-    n_occupations: int
-    n_zips: int
-    n_years: int
+    user_fields: tuple[str, ...]
+    user_cardinalities: tuple[int, ...]
+    item_fields: tuple[str, ...]
+    item_cardinalities: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        for side, features, fields, sizes in (
+            ("user", self.user_features, self.user_fields, self.user_cardinalities),
+            ("item", self.item_features, self.item_fields, self.item_cardinalities),
+        ):
+            if len(fields) != len(sizes) or features.shape[1] != 1 + len(fields):
+                raise ValueError(
+                    f"{side} features: {features.shape[1]} columns for id + {len(fields)} "
+                    f"fields with {len(sizes)} cardinalities"
+                )
 
     @property
     def n_users(self) -> int:
@@ -92,14 +163,16 @@ class Catalog:
         return int(self.item_genres.shape[1])
 
     def cardinalities(self) -> dict[str, int]:
+        """Users, items and every side feature's categories (`genders`, `ages`, …, `genres`)."""
+        sides = zip(
+            (*self.user_fields, *self.item_fields),
+            (*self.user_cardinalities, *self.item_cardinalities),
+            strict=True,
+        )
         return {
             "users": self.n_users,
             "items": self.n_items,
-            "genders": self.n_genders,
-            "ages": self.n_ages,
-            "occupations": self.n_occupations,
-            "zips": self.n_zips,
-            "years": self.n_years,
+            **{f"{name}s": size for name, size in sides},
             "genres": self.n_genres,
         }
 
@@ -164,16 +237,16 @@ class MovieLens:
 
 
 def detect_layout(directory: Path) -> str:
-    """`"ml-1m"` or `"ml-100k"` from the files present; `DataFormatError` when neither fits."""
-    if (directory / "ratings.dat").is_file() or (directory / "movies.dat").is_file():
-        return "ml-1m"
-    if (directory / "u.data").is_file() or (directory / "u.item").is_file():
-        return "ml-100k"
-    raise DataFormatError(
-        directory,
-        "holds neither MovieLens layout; expected ratings.dat, users.dat and movies.dat (ML-1M) "
-        "or u.data, u.user and u.item (ML-100K)",
+    """The name of the layout whose ratings or items file is present (`"ml-1m"`, `"ml-100k"`);
+    `DataFormatError` when none fits."""
+    for name, layout in LAYOUTS.items():
+        if (directory / layout.ratings.file).is_file() or (directory / layout.items.file).is_file():
+            return name
+    expected = " or ".join(
+        f"{spec.ratings.file}, {spec.users.file} and {spec.items.file} ({name.upper()})"
+        for name, spec in LAYOUTS.items()
     )
+    raise DataFormatError(directory, f"holds neither MovieLens layout; expected {expected}")
 
 
 def read_movielens_dir(directory: str | Path, *, name: str | None = None) -> MovieLens:
@@ -181,16 +254,12 @@ def read_movielens_dir(directory: str | Path, *, name: str | None = None) -> Mov
     directory = Path(directory)
     if not directory.is_dir():
         raise DataFormatError(directory, "not a directory; expected an unpacked MovieLens folder")
-    layout = detect_layout(directory)
-    if layout == "ml-1m":
-        ratings_file, users_file, items_file = "ratings.dat", "users.dat", "movies.dat"
-    else:
-        ratings_file, users_file, items_file = "u.data", "u.user", "u.item"
+    layout = LAYOUTS[detect_layout(directory)]
     digest = hashlib.sha256()
 
-    users, user_raw = _read_users(directory / users_file, layout)
-    items, item_raw = _read_items(directory / items_file, layout)
-    ratings, rating_raw = _read_ratings(directory / ratings_file, layout, users, items)
+    users, user_raw = _read_users(directory / layout.users.file, layout)
+    items, item_raw = _read_items(directory / layout.items.file, layout)
+    ratings, rating_raw = _read_ratings(directory / layout.ratings.file, layout, users, items)
     for raw in (rating_raw, user_raw, item_raw):
         digest.update(hashlib.sha256(raw).digest())
 
@@ -199,15 +268,14 @@ def read_movielens_dir(directory: str | Path, *, name: str | None = None) -> Mov
         user_features=torch.tensor(users["features"]),
         item_features=torch.tensor(items["features"]),
         item_genres=torch.tensor(items["genres"]),
-        n_genders=users["n_genders"],
-        n_ages=users["n_ages"],
-        n_occupations=users["n_occupations"],
-        n_zips=users["n_zips"],
-        n_years=len(items["years"]),
+        user_fields=tuple(name for name, _ in layout.user_fields),
+        user_cardinalities=users["cardinalities"],
+        item_fields=ITEM_FIELDS,
+        item_cardinalities=(len(items["years"]),),
     )
     return MovieLens(
         name=name or directory.name,
-        layout=layout,
+        layout=layout.name,
         path=str(directory),
         fingerprint=digest.hexdigest()[:16],
         synthetic=synthetic,
@@ -225,53 +293,43 @@ def read_movielens_dir(directory: str | Path, *, name: str | None = None) -> Mov
     )
 
 
-def _read_users(path: Path, layout: str) -> tuple[dict, bytes]:
-    if layout == "ml-1m":
-        names = ["UserID", "Gender", "Age", "Occupation", "Zip-code"]
-        text, raw = read_text(path, encoding="latin-1", what="users")
-        table = split_fields(path, text, sep="::", names=names)
-    else:
-        names = ["UserID", "Age", "Gender", "Occupation", "Zip-code"]
-        text, raw = read_text(path, encoding="latin-1", what="users")
-        table = split_fields(path, text, sep="|", names=names)
+def _read_users(path: Path, layout: Layout) -> tuple[dict, bytes]:
+    text, raw = read_text(path, encoding=layout.users.encoding, what="users")
+    table = split_fields(path, text, sep=layout.users.sep, names=list(layout.users.columns))
     ids = integer_column(path, table, "UserID")
     check_unique_ids(path, ids, "UserID")
-    age = integer_column(path, table, "Age")
-    gender = table["Gender"].to_numpy()
-    bad = ~np.isin(gender, ["M", "F"])
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raise DataFormatError(path, f"field Gender is {gender[row]!r}; expected M or F", row + 1)
-    if layout == "ml-1m":
-        occupation: np.ndarray = integer_column(path, table, "Occupation")
-    else:
-        occupation = table["Occupation"].to_numpy()
-    zips = table["Zip-code"].to_numpy()
-    # Factorised in file order, as the paper's code does (pd.factorize keeps first-seen order).
-    columns = [pd.factorize(col)[0] for col in (gender, age, occupation, zips)]
-    features = np.stack([np.arange(1, len(ids) + 1), *columns], axis=1).astype(np.int64)
-    result = {
-        "ids": ids,
-        "features": features,
-        "n_genders": int(columns[0].max()) + 1,
-        "n_ages": int(columns[1].max()) + 1,
-        "n_occupations": int(columns[2].max()) + 1,
-        "n_zips": int(columns[3].max()) + 1,
+    if "Gender" in table:
+        gender = table["Gender"].to_numpy()
+        bad = ~np.isin(gender, ["M", "F"])
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise DataFormatError(
+                path, f"field Gender is {gender[row]!r}; expected M or F", row + 1
+            )
+    values = {
+        column: integer_column(path, table, column)
+        if column in layout.integer_fields
+        else table[column].to_numpy()
+        for _, column in layout.user_fields
     }
-    return result, raw
+    # Factorised in file order, as the paper's code does (pd.factorize keeps first-seen order).
+    columns = [pd.factorize(values[column])[0] for _, column in layout.user_fields]
+    features = np.stack([np.arange(1, len(ids) + 1), *columns], axis=1).astype(np.int64)
+    cardinalities = tuple(int(column.max()) + 1 for column in columns)
+    return {"ids": ids, "features": features, "cardinalities": cardinalities}, raw
 
 
-def _read_items(path: Path, layout: str) -> tuple[dict, bytes]:
-    text, raw = read_text(path, encoding="latin-1", what="movies")
-    if layout == "ml-1m":
-        table = split_fields(path, text, sep="::", names=["MovieID", "Title", "Genres"])
+def _read_items(path: Path, layout: Layout) -> tuple[dict, bytes]:
+    text, raw = read_text(path, encoding=layout.items.encoding, what="movies")
+    table = split_fields(path, text, sep=layout.items.sep, names=list(layout.items.columns))
+    if layout.genres == "names":
         flags = _genre_flags_from_names(path, table["Genres"])
+    else:
+        flags = _genre_flags_from_columns(path, table)
+    if layout.release_column is None:
         release_year = pd.Series([None] * len(table), dtype=object)
     else:
-        names = ["MovieID", "Title", "Release", "VideoRelease", "URL", *ML100K_FLAGS]
-        table = split_fields(path, text, sep="|", names=names)
-        flags = _genre_flags_from_columns(path, table)
-        release_year = table["Release"].str.extract(_RELEASE_YEAR, expand=False)
+        release_year = table[layout.release_column].str.extract(_RELEASE_YEAR, expand=False)
     ids = integer_column(path, table, "MovieID")
     check_unique_ids(path, ids, "MovieID")
     titles = table["Title"].to_numpy(dtype=object)
@@ -320,10 +378,10 @@ def _genre_flags_from_columns(path: Path, table: pd.DataFrame) -> np.ndarray:
     return (flags[:, 1:] == "1").astype(np.float64)  # drop "unknown": the paper's 18 genres
 
 
-def _read_ratings(path: Path, layout: str, users: dict, items: dict) -> tuple[dict, bytes]:
-    names = ["UserID", "MovieID", "Rating", "Timestamp"]
-    text, raw = read_text(path, encoding="ascii", what="ratings")
-    table = split_fields(path, text, sep="::" if layout == "ml-1m" else "\t", names=names)
+def _read_ratings(path: Path, layout: Layout, users: dict, items: dict) -> tuple[dict, bytes]:
+    spec = layout.ratings
+    text, raw = read_text(path, encoding=spec.encoding, what="ratings")
+    table = split_fields(path, text, sep=spec.sep, names=list(spec.columns))
     stars = integer_column(path, table, "Rating")
     bad = (stars < 1) | (stars > 5)
     if bad.any():
@@ -331,8 +389,7 @@ def _read_ratings(path: Path, layout: str, users: dict, items: dict) -> tuple[di
         raise DataFormatError(
             path, f"field Rating is {stars[row]}; expected an integer from 1 to 5", row + 1
         )
-    user_file = "users.dat" if layout == "ml-1m" else "u.user"
-    item_file = "movies.dat" if layout == "ml-1m" else "u.item"
+    user_file, item_file = layout.users.file, layout.items.file
     user_rows = lookup_rows(
         path, integer_column(path, table, "UserID"), users["ids"], "UserID", user_file
     )

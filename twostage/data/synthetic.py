@@ -42,148 +42,19 @@ def _shares(values: list[float]) -> np.ndarray:
     return array / array.sum()
 
 
-# Shares measured on ML-1M's users.dat, movies.dat and ratings.dat.
-_MALE_SHARE = 0.717
-_AGE_SHARES = _shares([0.037, 0.183, 0.347, 0.198, 0.091, 0.082, 0.063])
-_OCCUPATION_SHARES = _shares(
-    [
-        0.118,
-        0.087,
-        0.044,
-        0.029,
-        0.126,
-        0.019,
-        0.039,
-        0.112,
-        0.003,
-        0.015,
-        0.032,
-        0.021,
-        0.064,
-        0.024,
-        0.050,
-        0.024,
-        0.040,
-        0.083,
-        0.012,
-        0.012,
-        0.047,
-    ]
-)
-_GENRE_SHARES = _shares(
-    [
-        0.078,
-        0.044,
-        0.016,
-        0.039,
-        0.187,
-        0.033,
-        0.020,
-        0.250,
-        0.011,
-        0.007,
-        0.054,
-        0.018,
-        0.017,
-        0.074,
-        0.043,
-        0.077,
-        0.022,
-        0.011,
-    ]
-)
-_N_GENRE_SHARES = _shares([0.52, 0.34, 0.14])  # 1, 2, 3 genres (ML-1M's 4+ folded into 3)
-# Movies per release year in ML-1M, at a few anchor years (interpolated in between).
-_YEAR_PROFILE = (
-    [
-        1919,
-        1930,
-        1940,
-        1950,
-        1960,
-        1970,
-        1980,
-        1985,
-        1990,
-        1992,
-        1993,
-        1994,
-        1995,
-        1998,
-        1999,
-        2000,
-    ],
-    [3, 6, 12, 13, 18, 22, 40, 65, 75, 100, 165, 257, 342, 337, 283, 156],
-)
-_RATING_SHARES = _shares([0.056, 0.108, 0.261, 0.349, 0.226])  # ratings 1..5
-
-# Genre effects on the rating score: a base taste, and how women and older users differ from it.
-_GENRE_BASE = np.array(
-    [
-        -0.10,
-        0.0,
-        0.15,
-        -0.25,
-        -0.10,
-        0.10,
-        0.35,
-        0.25,
-        -0.15,
-        0.45,
-        -0.40,
-        0.05,
-        0.10,
-        0.0,
-        -0.05,
-        0.0,
-        0.30,
-        0.15,
-    ]
-)
-_GENRE_FEMALE = np.array(
-    [
-        -0.35,
-        -0.15,
-        0.10,
-        0.20,
-        0.10,
-        -0.10,
-        0.05,
-        0.20,
-        0.10,
-        -0.05,
-        -0.20,
-        0.35,
-        0.05,
-        0.40,
-        -0.30,
-        -0.05,
-        -0.35,
-        -0.25,
-    ]
-)
-_GENRE_OLDER = np.array(
-    [
-        -0.20,
-        -0.10,
-        -0.30,
-        -0.20,
-        -0.10,
-        0.05,
-        0.15,
-        0.25,
-        -0.20,
-        0.30,
-        -0.45,
-        0.20,
-        0.15,
-        0.10,
-        -0.25,
-        0.0,
-        0.35,
-        0.30,
-    ]
-)
+# Shares measured on ML-1M's users.dat, movies.dat and ratings.dat, and the genre effects on the
+# rating score: ml1m_shares.json beside this file.
+_ML1M = json.loads((Path(__file__).with_name("ml1m_shares.json")).read_text())
+_MALE_SHARE = _ML1M["male_share"]
+_AGE_SHARES = _shares(_ML1M["age_shares"])
+_OCCUPATION_SHARES = _shares(_ML1M["occupation_shares"])
+_GENRE_SHARES = _shares(_ML1M["genre_shares"])
+_N_GENRE_SHARES = _shares(_ML1M["n_genre_shares"])  # 1, 2, 3 genres per movie
+_YEAR_PROFILE = (_ML1M["year_profile"]["years"], _ML1M["year_profile"]["movies"])
+_RATING_SHARES = _shares(_ML1M["rating_shares"])  # ratings 1..5
+_GENRE_BASE = np.array(_ML1M["genre_effects"]["base"])
+_GENRE_FEMALE = np.array(_ML1M["genre_effects"]["female"])
+_GENRE_OLDER = np.array(_ML1M["genre_effects"]["older"])
 
 _POP_OFFSET, _POP_EXPONENT = 0.03, 1.3  # Zipf-like, ML-1M-like top-10% share
 

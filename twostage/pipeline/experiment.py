@@ -35,7 +35,7 @@ from twostage.pipeline.training import resolve_device
 from twostage.results import RESULT_COLUMNS
 from twostage.runtime import Runtime
 
-STAGE_VERSION = 2  # bump when a stage's code changes its output (2: typed artifacts)
+STAGE_VERSION = 3  # bump when a stage's output changes (2: typed artifacts, 3: state-dict keys)
 
 
 @dataclass
