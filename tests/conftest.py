@@ -52,4 +52,18 @@ def _isolated_caches(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyte
 
 
 def needs(path: Path):
-    return pytest.mark.skipif(not path.is_dir(), reason=f"{path} not present")
+    """Mark a test `realdata` and skip it when the MovieLens files at `path` are absent."""
+
+    def mark(test):
+        skip = pytest.mark.skipif(not path.is_dir(), reason=f"{path} not present")
+        return pytest.mark.realdata(skip(test))
+
+    return mark
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny synthetic world in the ML-1M layout (one per test module)."""
+    from tiny import write_tiny_world
+
+    return write_tiny_world(tmp_path_factory.mktemp("world"))

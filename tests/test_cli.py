@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
-from twostage.cli import FLAGS, build_parser, experiment_config, user_message
+import pytest
+import torch
+
+from twostage.cli import FLAGS, build_parser, experiment_config, main, user_message
 from twostage.errors import ConfigError
 from twostage.pipeline.config import profile_config, validate, with_overrides
 
@@ -45,3 +48,43 @@ def test_reproduce_and_sweep_build_the_same_config_from_the_same_flags():
     sweep = parser.parse_args(["sweep", *shared, "--grid", "alpha=0", "--out", "x"])
     assert experiment_config(run) == experiment_config(sweep)
     assert experiment_config(run).seeds == (0, 1)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["reproduce", "--dataset", "ml-2m"], "Unknown dataset 'ml-2m'"),
+        (["reproduce", "--seeds", "5-2"], "range is empty"),
+        (["reproduce", "--alpha", "-1"], "alpha must be"),
+        (["reproduce", "--methods", "ce,dro"], "Unknown method"),
+        (["reproduce", "--cut", "1.5"], "probability"),
+    ],
+)
+def test_bad_flags_fail_before_any_work(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_directory_with_neither_layout_is_refused_by_thecli(tmp_path: Path, capsys):
+    assert main(["reproduce", "--dataset", str(tmp_path)]) == 2
+    assert "neither MovieLens layout" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_is_refused(capsys):
+    assert main(["reproduce", "--device", "cuda"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_bad_data_through_the_cli_gives_one_paragraph_and_status_2(tmp_path: Path, capsys):
+    directory = tmp_path / "bad"
+    directory.mkdir()
+    (directory / "users.dat").write_text("1::F::1::10::48067\n")
+    (directory / "movies.dat").write_text("1::Toy Story (1995)::Comedy\n")
+    (directory / "ratings.dat").write_text("1::1::9::978300760\n")
+    assert main(["data", str(directory)]) == 2
+    err = capsys.readouterr().err
+    assert "ratings.dat, line 1" in err and "from 1 to 5" in err
+    assert "Traceback" not in err
+    with pytest.raises(Exception, match="from 1 to 5"):
+        main(["--debug", "data", str(directory)])

@@ -15,7 +15,6 @@ import pytest
 import torch
 import yaml
 
-from twostage import plots
 from twostage.notebook import choose_profile, setup
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,30 +115,6 @@ def test_setup_prints_one_line_and_uses_the_profile(monkeypatch, capsys):
         capsys.readouterr().out
         == f"profile smoke · device {nb.device.type} · dataset synthetic-small\n"
     )
-
-
-def test_gini_is_zero_for_an_even_log_and_near_one_for_a_single_item():
-    even = torch.arange(10).repeat(3)
-    assert plots.gini(even, 10) == pytest.approx(0.0, abs=1e-12)
-    single = torch.zeros(50, dtype=torch.long)
-    assert plots.gini(single, 10) == pytest.approx(1 - 1 / 10)
-
-
-def test_top_share_counts_the_most_shown_items():
-    items = torch.tensor([0, 0, 0, 1, 1, 2, 3, 4, 5, 6])
-    assert plots.top_share(items, 2) == pytest.approx(0.5)
-
-
-def test_reliability_bins_match_a_per_row_reference():
-    generator = torch.Generator().manual_seed(0)
-    p = torch.rand(500, generator=generator)
-    y = (torch.rand(500, generator=generator) < p).float()
-    table = plots.reliability_bins(p, y, bins=5).set_index("bin")
-    for b in range(5):
-        rows = [i for i in range(500) if min(int(p[i] * 5), 4) == b]
-        assert table.loc[b, "count"] == len(rows)
-        assert table.loc[b, "observed"] == pytest.approx(sum(float(y[i]) for i in rows) / len(rows))
-    assert plots.expected_calibration_error(table) < 0.1  # y was drawn from p
 
 
 @pytest.mark.slow
