@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -21,9 +22,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     parser.add_argument("--version", action="version", version=_version())
+    # --debug after the subcommand too; SUPPRESS keeps the top-level value when it is not given.
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    data = commands.add_parser("data", help="load a dataset and print its summary, or fetch one")
+    data = commands.add_parser(
+        "data", parents=[debug], help="load a dataset and print its summary, or fetch one"
+    )
     data.add_argument(
         "words",
         nargs="+",
@@ -33,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data.add_argument("--no-download", action="store_true", help="never download")
 
-    experiment = argparse.ArgumentParser(add_help=False)  # the flags reproduce and sweep share
+    experiment = argparse.ArgumentParser(add_help=False, parents=[debug])  # reproduce and sweep
     experiment.add_argument(
         "--dataset",
         help="ml-1m (default of the paper profile), ml-100k, synthetic, "
@@ -43,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile",
         choices=["paper", "smoke"],
         default=os.environ.get("TWOSTAGE_PROFILE", "paper"),
-        help="paper: the full protocol (default, or $TWOSTAGE_PROFILE); smoke: small and fast",
+        help="paper: the full protocol, 3 methods × 20 seeds (default, or $TWOSTAGE_PROFILE); "
+        "smoke: 3 seeds, short schedules, on the small synthetic world (synthetic-small) "
+        "unless --dataset is given — a check, not a result",
     )
     experiment.add_argument("--seeds", help="a count (20), a range (0-4) or a list (1,3,7)")
     experiment.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -59,7 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     run = commands.add_parser(
-        "reproduce", parents=[experiment], help="run the paper's whole experiment"
+        "reproduce",
+        parents=[experiment],
+        help="run the paper's whole experiment",
+        description=REPRODUCE_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument(
         "--methods",
@@ -76,10 +90,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="logged propensity: single-draw softmax (the paper's, default) or "
         "P(item among the K shown), by Monte Carlo",
     )
-    run.add_argument("--out", help="output directory (default runs/DATASET-PROFILE)")
+    run.add_argument(
+        "--out",
+        help="output directory (default runs/DATASET-PROFILE, plus the settings that differ "
+        "from the profile's, e.g. runs/ml-100k-paper-alpha=0.01); a folder holding runs of "
+        "another configuration is refused",
+    )
 
     sweep = commands.add_parser(
-        "sweep", parents=[experiment], help="ablations: one factor at a time, cached and resumable"
+        "sweep",
+        parents=[experiment],
+        help="ablations: one factor at a time, cached and resumable",
+        description="Ablations: the base settings (the same flags as reproduce) with one factor "
+        "changed at a time; every cell's runs are cached and resumable. Writes OUT/sweep.csv, "
+        "OUT/figures/ and OUT/cells/.",
     )
     sweep.add_argument(
         "--grid",
@@ -94,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser(
         "evaluate",
+        parents=[debug],
         help="off-policy estimates (IPS, SNIPS, two-stage) of a run's policies "
         "against their true values: OUT/ope.csv, OUT/ope.md",
     )
@@ -107,15 +132,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     compare = commands.add_parser(
-        "compare", help="check a run's summary against a committed one within standard errors"
+        "compare", parents=[debug], help="check a run's summary against a committed one within standard errors"
     )
     compare.add_argument("out", help="an output directory of `twostage reproduce`")
     compare.add_argument("reference", help="a directory with the reference summary.csv")
     compare.add_argument("--n-se", type=float, default=3.0, help="allowed standard errors (3)")
 
-    summarize = commands.add_parser("summarize", help="rebuild the table and figures of a run")
+    summarize = commands.add_parser(
+        "summarize", parents=[debug], help="rebuild the table and figures of a run"
+    )
     summarize.add_argument("out", help="an output directory of `twostage reproduce`")
     return parser
+
+
+REPRODUCE_DESCRIPTION = """\
+Run the paper's whole experiment: the impression simulator, the semi-synthetic world, the
+logging policy, the bandit log and the ranker (stages 1-5, cached and shared between runs),
+then every candidate generator (method x seed, each saved as it finishes: an interrupted run
+resumes), then OUT/summary.md, summary.csv, run.json and figures/.
+
+Profiles:
+  paper  the paper's protocol: CE, 1-IPS and 2-IPS x 20 seeds, on ML-1M unless --dataset
+         says otherwise. Measured on a 2-core CPU: ML-100K about {ml100k}, the ML-1M-shaped
+         synthetic world about {synthetic}.
+  smoke  3 seeds and short schedules on the small synthetic world (synthetic-small) unless
+         --dataset is given: about {smoke} here. A check that everything runs, not a result.
+
+Every setting is checked before any stage starts; a refusal is one line and exit status 2."""
 
 
 def _version() -> str:
@@ -196,13 +239,38 @@ def runtime(args: argparse.Namespace):
     return Runtime(threads=args.threads)
 
 
+def default_out(config) -> Path:
+    """runs/DATASET-PROFILE, plus each setting that differs from the profile's (seeds, methods
+    and device aside: a folder holds any of those), so that two configurations never share one."""
+    from dataclasses import replace
+
+    from twostage.pipeline.config import profile_config
+    from twostage.pipeline.experiment import FREE_SETTINGS, setting_differences
+
+    name = Path(config.dataset).name if Path(config.dataset).is_dir() else config.dataset
+    profile = replace(profile_config(config.profile), dataset=config.dataset)
+    base, mine = profile.to_dict(), config.to_dict()
+    for key in FREE_SETTINGS:
+        base.pop(key), mine.pop(key)
+    changed = [line.split(":")[0] for line in setting_differences(base, mine)]
+    suffix = "".join(f"-{key.split('.')[-1]}={_value(config, key)}" for key in changed)
+    return Path("runs") / f"{name}-{config.profile}{suffix}"
+
+
+def _value(config, dotted: str) -> str:
+    value = config
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from twostage.pipeline import reproduce
+    from twostage.pipeline.experiment import check_out_dir
 
     config, settings = experiment_config(args), runtime(args)
-    name = Path(config.dataset).name if Path(config.dataset).is_dir() else config.dataset
-    out = Path(args.out) if args.out else Path("runs") / f"{name}-{config.profile}"
-    reproduce(config, out, cache_dir=args.cache_dir, runtime=settings)
+    out = check_out_dir(Path(args.out) if args.out else default_out(config), config)
+    reproduce(config, out, cache_dir=args.cache_dir, runtime=settings, command=args.command_line)
     print(f"\nOutputs in {out}/: results.csv, summary.md, summary.csv, run.json, figures/")
     return 0
 
@@ -276,7 +344,9 @@ def user_message(err: TwoStageError) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.command_line = shlex.join(["twostage", *argv])
     handlers = {
         "data": cmd_data,
         "reproduce": cmd_reproduce,
@@ -292,6 +362,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"twostage: error: {user_message(err)}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) has gone: stop quietly, as other command-line tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except KeyboardInterrupt:
         print(
             "\ntwostage: interrupted; finished runs are kept and a rerun resumes.", file=sys.stderr

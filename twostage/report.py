@@ -58,18 +58,63 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
-def format_summary(out_dir: str | Path) -> str:
-    """`summary.md`'s text: the paper's Table 2/3 layout, values in % as 'mean±stderr'."""
+def run_summary(out_dir: str | Path) -> tuple[pd.DataFrame, list[int], str]:
+    """The summary table (`SUMMARY_COLUMNS`), the seeds and the data set's name of a run.
+
+    From `OUT/results.csv` when present; else from `OUT/summary.csv` and `OUT/run.json`, which is
+    what a committed `results/` folder keeps.
+    """
     out_dir = Path(out_dir)
-    results = load_results(out_dir)
     run = _read_json(out_dir / "run.json")
-    table = summary_table(results).set_index(["method", "evaluation", "metric"])
-    methods = method_order(results["method"].unique())
-    dataset = run.get("dataset") or ", ".join(map(str, results["dataset"].unique()))
+    if (out_dir / "results.csv").is_file() or not (out_dir / "summary.csv").is_file():
+        results = load_results(out_dir)
+        seeds = sorted(int(s) for s in results["seed"].unique())
+        dataset = run.get("dataset") or ", ".join(map(str, results["dataset"].unique()))
+        return summary_table(results), seeds, dataset
+    if "config" not in run:
+        raise DataFormatError(
+            out_dir / "results.csv",
+            "file not found, and run.json (which names the seeds beside summary.csv) is missing",
+        )
+    return read_summary(out_dir), sorted(run["config"]["seeds"]), run.get("dataset", "?")
+
+
+def provenance(run: dict) -> list[str]:
+    """The lines that say what produced a run: profile, command, data and versions."""
+    config, data = run.get("config", {}), run.get("data", {})
+    profile = config.get("profile", "?")
+    lines = []
+    if profile != "paper":
+        lines += [
+            f"**Profile `{profile}`: short schedules — a check that everything runs, not a "
+            "result to cite.**",
+            "",
+        ]
+    command = run.get("command") or "not recorded (made before commands were)"
+    if command.startswith("twostage"):
+        command = f"`{command}`"
+    fingerprint = data.get("fingerprint", "?")
+    lines += [
+        f"Profile `{profile}` · command {command} · data `{run.get('dataset', '?')}` "
+        f"(fingerprint `{str(fingerprint)[:12]}`) · twostage {run.get('package_version', '?')}, "
+        f"torch {run.get('torch_version', '?')}, device {run.get('device', '?')}.",
+        "",
+    ]
+    return lines
+
+
+def format_summary(out_dir: str | Path) -> str:
+    """`summary.md`'s text: what produced it, then the paper's Table 2/3 layout, values in % as
+    'mean±stderr'."""
+    out_dir = Path(out_dir)
+    summary, seeds, dataset = run_summary(out_dir)
+    run = _read_json(out_dir / "run.json")
+    table = summary.set_index(["method", "evaluation", "metric"])
+    methods = method_order(summary["method"].unique())
     lines = [f"# Off-policy two-stage recommendation — results on {dataset}", ""]
     if run.get("synthetic"):
         lines += ["**SYNTHETIC data — not MovieLens.**", ""]
-    seeds = sorted(int(s) for s in results["seed"].unique())
+    lines += provenance(run)
     lines += [
         f"Values in %, mean ± standard error over seeds {_seed_note(seeds)} "
         f"({len(seeds)} per method); {SELECTION_RULE}; test users.",
@@ -112,10 +157,11 @@ def _write_text(path: Path, text: str) -> Path:
 def write_summary(out_dir: str | Path) -> dict[str, Path]:
     """Write `OUT/summary.csv` (tidy, `SUMMARY_COLUMNS`) and `OUT/summary.md`; return paths."""
     out_dir = Path(out_dir)
-    table = summary_table(load_results(out_dir))
+    table, _, _ = run_summary(out_dir)
+    text = format_summary(out_dir)  # before summary.csv is rewritten: nothing half-written
     return {
         "csv": _write_text(out_dir / "summary.csv", table.to_csv(index=False)),
-        "md": _write_text(out_dir / "summary.md", format_summary(out_dir)),
+        "md": _write_text(out_dir / "summary.md", text),
     }
 
 

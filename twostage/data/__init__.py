@@ -30,6 +30,14 @@ def check_source(source: str | Path) -> Path | None:
     if text in NAMED_SOURCES:
         return None
     path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(
+            f"dataset {text!r} is a file; expected a directory holding MovieLens files "
+            "(ML-1M or ML-100K layout).",
+            "dataset",
+        )
+    if not path.is_dir() and (path.is_absolute() or len(path.parts) > 1 or text.startswith(".")):
+        raise ConfigError(f"dataset directory {text!r}: no such directory.", "dataset")
     if not path.is_dir():
         raise ConfigError(
             f"Unknown dataset {text!r}: expected one of {', '.join(NAMED_SOURCES)} "

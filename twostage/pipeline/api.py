@@ -24,10 +24,17 @@ def reproduce(
     cache_dir: str | Path | None = None,
     runtime: Runtime | None = None,
     verbose: bool = True,
+    command: str | None = None,
 ) -> Path:
-    """Stages, runs, `results.csv`, `run.json`, then `summary.md`/`summary.csv` and `figures/`."""
+    """Stages, runs, `results.csv`, `run.json`, then `summary.md`/`summary.csv` and `figures/`.
+
+    `command` (the command line that asked for the run, if any) is recorded in `run.json` and
+    named by the summary.
+    """
     cache = StageCache(cache_dir)
-    out_dir = run_experiment(config, out_dir, cache=cache, runtime=runtime, verbose=verbose)
+    out_dir = run_experiment(
+        config, out_dir, cache=cache, runtime=runtime, verbose=verbose, command=command
+    )
     text = summarize(out_dir)
     if verbose:
         tqdm.write(text)

@@ -195,7 +195,10 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     if re.fullmatch(r"\d+", text):
         count = int(text)
         if count < 1:
-            raise ConfigError("seeds: a count must be at least 1.", "seeds")
+            raise ConfigError(
+                "seeds: a count must be at least 1 (for seed 0 alone, give the range 0-0).",
+                "seeds",
+            )
         return tuple(range(count))
     match = re.fullmatch(r"(\d+)-(\d+)", text)
     if match:
@@ -224,8 +227,22 @@ def parse_methods(text: str | tuple[str, ...]) -> tuple[str, ...]:
     return methods
 
 
+def _check_finite(config: ExperimentConfig) -> None:
+    """Refuse NaN and ±inf in any numeric setting: comparisons with NaN pass every range check."""
+    for stage in dataclasses.fields(config):
+        settings = getattr(config, stage.name)
+        if not dataclasses.is_dataclass(settings):
+            continue
+        for item in dataclasses.fields(settings):
+            value = getattr(settings, item.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                name = f"{stage.name}.{item.name}"
+                raise ConfigError(f"{name} must be a finite number, got {value}.", name)
+
+
 def validate(config: ExperimentConfig) -> None:
     """Refuse settings that cannot work, before any work starts."""
+    _check_finite(config)
     c = config.candidates
     if c.alpha < 0:
         raise ConfigError(f"candidates.alpha must be ≥ 0, got {c.alpha}.", "candidates.alpha")

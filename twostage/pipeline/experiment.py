@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 import twostage
 from twostage.data import MovieLens, load_movielens
-from twostage.errors import NumericsError
+from twostage.errors import ConfigError, NumericsError
 from twostage.evaluation import Evaluator
 from twostage.pipeline.artifacts import BanditLog, TrainedModel, World
 from twostage.pipeline.cache import StageCache, atomic_write_bytes, atomic_write_text, stable_key
@@ -209,6 +209,64 @@ def check_propensities(
         )
 
 
+RUN_CONFIG = "config.json"  # in OUT/runs/: the configuration whose runs the folder holds
+# Settings a folder's runs may differ in: each run is keyed by its method and seed, and the
+# device type is part of every stage key, so runs of another device are recomputed, never mixed.
+FREE_SETTINGS = ("seeds", "methods", "device")
+
+
+def folder_config(out_dir: Path) -> dict | None:
+    """The configuration an output folder's runs were made with, if it holds any."""
+    for path in (out_dir / "runs" / RUN_CONFIG, out_dir / "run.json"):
+        if path.is_file():
+            try:
+                values = json.loads(path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+            return values.get("config", values) if path.name == "run.json" else values
+    return None
+
+
+def setting_differences(first: dict, second: dict, prefix: str = "") -> list[str]:
+    """`name: a vs b` for each leaf setting that differs between two `to_dict()` configs."""
+    lines = []
+    for name in sorted(set(first) | set(second)):
+        a, b = first.get(name), second.get(name)
+        if isinstance(a, dict) and isinstance(b, dict):
+            lines += setting_differences(a, b, f"{prefix}{name}.")
+        elif a != b and not (isinstance(a, list | tuple) and list(a) == list(b or [])):
+            lines.append(f"{prefix}{name}: {a} vs {b}")
+    return lines
+
+
+def check_out_dir(out_dir: str | Path, config: ExperimentConfig) -> Path:
+    """Refuse, before any work, an output folder that cannot take this run's files: a path that
+    is a file (or under one), or a folder holding runs of another configuration."""
+    out_dir = Path(out_dir)
+    for path in (out_dir, *out_dir.parents):
+        if path.exists() and not path.is_dir():
+            where = "it" if path == out_dir else str(path)
+            raise ConfigError(
+                f"output folder {out_dir}: {where} is a file, not a folder; choose another --out."
+            )
+    stored = folder_config(out_dir)
+    if stored is None:
+        return out_dir
+    mine = config.to_dict()
+    for name in FREE_SETTINGS:
+        mine.pop(name, None)
+        stored.pop(name, None)
+    differences = setting_differences(stored, mine)
+    if differences:
+        raise ConfigError(
+            f"output folder {out_dir} holds runs of another configuration ("
+            + "; ".join(differences[:6])
+            + ("; …" if len(differences) > 6 else "")
+            + ", there vs here): choose another --out, or delete the folder to start afresh."
+        )
+    return out_dir
+
+
 def run_key(prepared: Prepared, config: ExperimentConfig, method: str, seed: int) -> str:
     return stable_key(
         "run",
@@ -229,7 +287,10 @@ def run_all(
     A run whose file exists with the same key is not recomputed: an interrupted sweep resumes.
     """
     runs_dir = out_dir / "runs"
+    check_out_dir(out_dir, config)
     runs_dir.mkdir(parents=True, exist_ok=True)
+    if not (runs_dir / RUN_CONFIG).is_file():
+        atomic_write_text(runs_dir / RUN_CONFIG, json.dumps(config.to_dict(), indent=2))
     jobs = [(m, s) for m in config.methods for s in config.seeds]
     frames = []
     total = len(jobs) * config.candidates.epochs
@@ -279,12 +340,14 @@ def run_experiment(
     cache: StageCache | None = None,
     runtime: Runtime | None = None,
     verbose: bool = True,
+    command: str | None = None,
 ) -> Path:
     """The whole experiment's data: stages 1–5, every run, and in `out_dir` `results.csv`,
     `run.json` and `world_probabilities.json`. `twostage.pipeline.reproduce` adds the report."""
     out_dir = Path(out_dir)
     runtime = runtime or Runtime()
     validate(config)
+    check_out_dir(out_dir, config)
     started = time.perf_counter()
     prepared = prepare(config, cache=cache, runtime=runtime, verbose=verbose)
     start = time.perf_counter()
@@ -294,7 +357,7 @@ def run_experiment(
     atomic_write_text(
         out_dir / "world_probabilities.json", json.dumps(probability_histogram(prepared.world))
     )
-    metadata = run_metadata(prepared, config, runtime, started)
+    metadata = run_metadata(prepared, config, runtime, started, command)
     atomic_write_text(out_dir / "run.json", json.dumps(metadata, indent=2))
     return out_dir
 
@@ -311,10 +374,16 @@ def probability_histogram(world: World, bins: int = 50) -> dict:
 
 
 def run_metadata(
-    prepared: Prepared, config: ExperimentConfig, runtime: Runtime, started: float
+    prepared: Prepared,
+    config: ExperimentConfig,
+    runtime: Runtime,
+    started: float,
+    command: str | None = None,
 ) -> dict:
+    """`run.json`: what produced the run (command, data, settings, versions) and what it found."""
     data, world = prepared.data, prepared.world
     return {
+        "command": command,
         "dataset": data.name,
         "synthetic": data.synthetic,
         "data": {

@@ -120,24 +120,33 @@ def evaluate(
     out_dir = Path(out_dir)
     meta_path = out_dir / "run.json"
     if not meta_path.is_file():
-        raise ConfigError(f"{meta_path} not found: run `twostage reproduce --out {out_dir}` first.")
+        raise ConfigError(
+            f"{out_dir} is not an output folder of `twostage reproduce` ({meta_path.name} not "
+            "found): give the folder a finished run wrote to (its --out, e.g. runs/ml-100k-paper)."
+        )
     config = config_from_dict(json.loads(meta_path.read_text())["config"])
+    models = [
+        (method, seed, out_dir / "runs" / f"{method}-seed{seed}.pt")
+        for method in config.methods
+        for seed in config.seeds
+    ]
+    if config.methods and not any(path.is_file() for _, _, path in models):
+        raise ConfigError(
+            f"No trained models in {out_dir / 'runs'} (*.pt): `evaluate` needs the folder a "
+            "run wrote them to (committed results/ folders keep summaries only)."
+        )
     prepared = prepare(config, cache=StageCache(cache_dir), verbose=verbose)
     logging_probs = policy_probs(prepared, prepared.logging_policy.state)
     propensities = impression_propensities(prepared, logging_probs, config.bandit)
     slate_size = config.candidates.eval_k
     policies = [("logging", "logging", config.logging_policy.seed, logging_probs)]
     missing = []
-    for method in config.methods:
-        for seed in config.seeds:
-            path = out_dir / "runs" / f"{method}-seed{seed}.pt"
-            if not path.is_file():
-                missing.append(path.name)
-                continue
-            state = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu")
-            policies.append(("candidate generator", method, seed, policy_probs(prepared, state)))
-    if len(policies) == 1 and config.methods:
-        raise ConfigError(f"No trained models in {out_dir / 'runs'} (*.pt); rerun `reproduce`.")
+    for method, seed, path in models:
+        if not path.is_file():
+            missing.append(path.name)
+            continue
+        state = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu")
+        policies.append(("candidate generator", method, seed, policy_probs(prepared, state)))
     rows = []
     for policy, method, seed, probs in policies:
         for row in evaluate_policy(

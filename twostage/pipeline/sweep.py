@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from twostage import objectives, plots
 from twostage.errors import ConfigError
 from twostage.pipeline.cache import StageCache, atomic_write_text
-from twostage.pipeline.config import ExperimentConfig, with_overrides
+from twostage.pipeline.config import ExperimentConfig, validate, with_overrides
 from twostage.results import summary_table
 from twostage.runtime import Runtime
 
@@ -85,6 +85,16 @@ def cell_config(base: ExperimentConfig, name: str, value) -> ExperimentConfig:
     return with_overrides(base, {"methods": factor.methods, factor.stage: {factor.field: value}})
 
 
+def checked_cell_config(base: ExperimentConfig, name: str, value) -> ExperimentConfig:
+    """`cell_config`, validated; a refusal names the grid cell."""
+    config = cell_config(base, name, value)
+    try:
+        validate(config)
+    except ConfigError as err:
+        raise ConfigError(f"--grid {name}={value}: {err}") from None
+    return config
+
+
 def sweep(
     base: ExperimentConfig,
     grid: dict[str, list],
@@ -98,11 +108,13 @@ def sweep(
     from twostage.pipeline.experiment import prepare, run_all
 
     out_dir = Path(out_dir)
+    cells = [(name, value) for name, values in grid.items() for value in values]
+    configs = [checked_cell_config(base, name, value) for name, value in cells]  # before any work
     cache = StageCache(cache_dir)
     frames = []
-    cells = [(name, value) for name, values in grid.items() for value in values]
-    for name, value in tqdm(cells, desc="sweep cells", disable=not verbose):
-        config = cell_config(base, name, value)
+    for (name, value), config in tqdm(
+        list(zip(cells, configs)), desc="sweep cells", disable=not verbose
+    ):
         prepared = prepare(config, cache=cache, runtime=runtime, verbose=False)
         results = run_all(prepared, config, out_dir / "cells" / f"{name}={value}", verbose=False)
         table = summary_table(results)
