@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,3 +91,81 @@ def test_bad_data_through_the_cli_gives_one_paragraph_and_status_2(tmp_path: Pat
     assert "Traceback" not in err
     with pytest.raises(Exception, match="from 1 to 5"):
         main(["--debug", "data", str(directory)])
+
+
+# --- compare: runs of different experiments, and what it prints ---
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_folder(folder: Path, dataset: str, profile: str, seeds: list[int]) -> Path:
+    """`folder` (a fake run, `fake_results.py`) with summary.csv and a run.json of this data set,
+    profile and seeds; every other setting as the paper's."""
+    from fake_results import fake_results, write_out
+
+    from twostage.report import write_summary
+
+    write_out(folder, fake_results(seeds=seeds, rng_seed=seeds[0]))
+    write_summary(folder)
+    run = json.loads((folder / "run.json").read_text())
+    run["dataset"] = dataset
+    run["config"] = {"profile": profile, "seeds": seeds, "candidates": {"alpha": 1e-3}}
+    (folder / "run.json").write_text(json.dumps(run))
+    return folder
+
+
+def twostage(*argv: str) -> subprocess.CompletedProcess:
+    """The real command, run from the repository root (so it imports this checkout)."""
+    command = [sys.executable, "-m", "twostage", *map(str, argv)]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_compare_refuses_runs_of_different_experiments(out: Path, tmp_path: Path):
+    mine = run_folder(out, "ml-100k", "smoke", [0, 1, 2])
+    reference = run_folder(tmp_path / "reference", "synthetic", "paper", [5, 6, 7])
+    done = twostage("compare", mine, reference)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("twostage: error: ") and done.stderr.count("\n") == 1
+    assert "dataset: ml-100k vs synthetic; profile: smoke vs paper" in done.stderr
+    assert "--allow-different" in done.stderr and "seeds:" not in done.stderr  # seeds may differ
+    assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+def test_compare_allow_different_warns_and_compares(out: Path, tmp_path: Path):
+    mine = run_folder(out, "ml-100k", "smoke", [0, 1, 2])
+    reference = run_folder(tmp_path / "reference", "synthetic", "paper", [5, 6, 7])
+    done = twostage("compare", mine, reference, "--allow-different")
+    assert done.returncode in (0, 1), done.stderr
+    assert done.stderr.startswith("twostage: warning: ")
+    assert "dataset: ml-100k vs synthetic; profile: smoke vs paper" in done.stderr
+    assert "means agree within 3 standard errors" in done.stdout
+
+
+def test_compare_prints_percent_and_method_names(out: Path, tmp_path: Path):
+    from twostage.report import compare_summaries
+
+    mine = run_folder(out, "toy", "paper", [0, 1, 2])
+    reference = run_folder(tmp_path / "reference", "toy", "paper", [3, 4, 5])  # other seeds: fine
+    done = twostage("compare", mine, reference, "--floor", "2")
+    assert done.returncode in (0, 1) and done.stderr == ""
+    header, *rows, _, last = done.stdout.splitlines()
+    assert header.split() == [
+        "method", "evaluation", "metric", "run", "(%)", "reference", "(%)",
+        "difference", "(points)", "allowed", "(±", "points)", "agrees",
+    ]  # fmt: skip
+    table = compare_summaries(mine, reference, floor=0.02)
+    assert len(rows) == len(table)
+    first = table.iloc[0]
+    assert rows[0].split()[:5] == [
+        "Cross-entropy",
+        first["evaluation"],
+        first["metric"],
+        f"{100 * first['mean_run']:.1f}",
+        f"{100 * first['mean_reference']:.1f}",
+    ]
+    assert {row.split()[0] for row in rows} == {"Cross-entropy", "1-IPS", "2-IPS"}
+    agree = int(table["agrees"].sum())
+    assert last == (
+        f"{agree} of {len(table)} means agree within 3 standard errors "
+        "(or 2 points, whichever is larger)."
+    )

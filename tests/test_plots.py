@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from twostage import plots
+from twostage.objectives import OBJECTIVES
+from twostage.results import method_order, summary_table
 
 
 def test_gini_is_zero_for_an_even_log_and_near_one_for_a_single_item():
@@ -43,3 +48,60 @@ def test_every_chapter_figure_is_a_figure_with_axes():
         plots.lorenz_curve(torch.randint(0, 20, (100,), generator=generator), 20),
     ]
     assert all(isinstance(f, Figure) and f.axes for f in figures)
+
+
+# --- the report's and the sweep's figures: legends clear of the data, methods by name ---
+
+
+def drawn(fig: Figure):
+    """`fig` laid out and drawn; its renderer (for window extents)."""
+    FigureCanvasAgg(fig).draw()
+    return fig.canvas.get_renderer()
+
+
+def legends(fig: Figure) -> list:
+    return [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
+
+
+def report_figures() -> dict[str, tuple[Figure, list]]:
+    """Each report figure and the patches its legend must not cover."""
+    from fake_results import fake_results
+
+    table = summary_table(fake_results())
+    table["mean"] = 0.85 + 0.1 * table["mean"]  # every bar tall, as in the synthetic results
+    methods = method_order(table["method"].unique())
+    edges = np.linspace(0, 1, 51)
+    counts = 8e5 * np.exp(-(((edges[:-1] - 0.45) / 0.2) ** 2))  # a peak mid-range, as ML-1M's
+    hist = {"bin_edges": edges.tolist(), "counts": counts.tolist(), "cut": 0.8}
+    world = plots.world_probabilities(hist, 0.08, synthetic=True)
+    sweep = pd.concat([table.assign(factor="alpha", value=v) for v in ("0", "1e-3", "0.1")])
+    figures = {
+        "test metrics": plots.test_metrics(table, methods, synthetic=True),
+        "rewards": plots.rewards(table, methods, synthetic=True),
+        "world": world,
+        "factor": plots.factor_figure(sweep, "alpha"),
+    }
+    covered = {name: [p for ax in fig.axes for p in ax.patches] for name, fig in figures.items()}
+    bars = world.axes[0].patches
+    covered["world"] = [max(bars, key=lambda bar: bar.get_height())]  # the histogram's peak
+    return {name: (fig, covered[name]) for name, fig in figures.items()}
+
+
+@pytest.mark.parametrize("name", ["test metrics", "rewards", "world", "factor"])
+def test_legends_cover_no_bar_and_name_methods(name: str):
+    fig, patches = report_figures()[name]
+    renderer = drawn(fig)
+    assert legends(fig)
+    for legend in legends(fig):
+        box = legend.get_window_extent(renderer)
+        assert not any(box.overlaps(p.get_window_extent(renderer)) for p in patches)
+        assert not {text.get_text() for text in legend.get_texts()} & set(OBJECTIVES)
+
+
+def test_report_titles_have_no_doubled_parentheses():
+    from fake_results import fake_results
+
+    table = summary_table(fake_results())
+    fig = plots.test_metrics(table, method_order(table["method"].unique()), synthetic=True)
+    title = fig.get_suptitle()
+    assert title.endswith("synthetic data") and ") (" not in title and "±" in title

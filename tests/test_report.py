@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +17,9 @@ from fake_results import (
 
 from twostage import report
 from twostage.cli import main
-from twostage.errors import DataFormatError
+from twostage.errors import DataFormatError, TwoStageError
 from twostage.report import compare_summaries
-from twostage.results import SUMMARY_COLUMNS, load_results, summary_table
+from twostage.results import SUMMARY_COLUMNS, display_name, load_results, summary_table
 
 
 def test_markdown_has_expected_cells_and_synthetic_note(out: Path):
@@ -167,3 +168,47 @@ def test_a_difference_counts_only_beyond_two_standard_errors():
     )
     assert "within 2 s.e. on 10" in table.loc["(i) 2-IPS best, two-stage", "level"]
     assert report.markdown_table(table).startswith("| claim | ahead | level |\n|---|---|---|\n")
+
+
+def test_run_differences_name_the_data_profile_and_settings_never_the_seeds(tmp_path: Path):
+    def folder(name: str, fingerprint: str, **config) -> Path:
+        directory = tmp_path / name
+        directory.mkdir()
+        run = {"dataset": "ml-100k", "data": {"fingerprint": fingerprint, "path": name}}
+        settings = {"profile": "paper", "device": "cpu", "threads": 1, "seeds": [0]}
+        run["config"] = settings | {"dataset": name, "candidates": {"alpha": 0.001}} | config
+        (directory / "run.json").write_text(json.dumps(run))
+        return directory
+
+    base = folder("base", "f1")
+    same = folder("same", "f1", device="cuda", threads=0, seeds=[1, 2], methods=["ce"])
+    assert report.run_differences(base, same) == []
+    other = folder("other", "f2", profile="smoke", candidates={"alpha": 0.1})
+    assert report.run_differences(base, other) == [
+        "dataset: ml-100k (data f1) vs ml-100k (data f2)",
+        "profile: paper vs smoke",
+        "candidates.alpha: 0.001 vs 0.1",
+    ]
+    with pytest.raises(TwoStageError, match="profile: paper vs smoke"):
+        compare_summaries(base, other)
+    assert report.run_differences(base, tmp_path) == []  # no run.json: nothing to check
+
+
+def test_the_sweep_table_names_the_metric_and_prints_percent(out: Path):
+    table = summary_table(load_results(out))
+    summary = pd.concat([table.assign(factor="alpha", value=v) for v in ("0", "0.1")])
+    text = report.format_sweep(summary, "Recall@10")
+    heading, header, *rows = text.splitlines()
+    assert heading.startswith("Test Recall@10 (%), mean and standard error over seeds")
+    assert header.split() == ["factor", "value", "method", "evaluation", "mean", "(%)", "s.e.",
+                              "(%)", "seeds"]  # fmt: skip
+    chosen = summary[summary["metric"] == "Recall@10"]
+    assert len(rows) == len(chosen)
+    first = chosen.iloc[0]
+    assert rows[0].split()[2:6] == [
+        display_name(first["method"]),
+        first["evaluation"],
+        f"{100 * first['mean']:.1f}",
+        f"{100 * first['stderr']:.1f}",
+    ]
+    assert not {row.split()[2] for row in rows} & set(METHODS)  # names, never codes

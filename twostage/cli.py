@@ -137,6 +137,20 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("out", help="an output directory of `twostage reproduce`")
     compare.add_argument("reference", help="a directory with the reference summary.csv")
     compare.add_argument("--n-se", type=float, default=3.0, help="allowed standard errors (3)")
+    compare.add_argument(
+        "--floor",
+        type=float,
+        default=0.5,
+        help="smallest allowed difference, in percentage points (0.5): rows whose standard "
+        "error rounds to zero (every seed got the same value) would otherwise have to match "
+        "to the last digit",
+    )
+    compare.add_argument(
+        "--allow-different",
+        action="store_true",
+        help="compare runs of different experiments (data set, profile or settings) anyway, "
+        "with a warning; by default they are refused",
+    )
 
     summarize = commands.add_parser(
         "summarize", parents=[debug], help="rebuild the table and figures of a run"
@@ -277,16 +291,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from twostage.pipeline.sweep import parse_grid, sweep
+    from twostage.report import format_sweep
 
     grid = parse_grid(args.grid)
     config, settings = experiment_config(args), runtime(args)
     summary = sweep(config, grid, args.out, cache_dir=args.cache_dir, runtime=settings)
-    chosen = summary[(summary.metric == "Precision@10")]
-    print(
-        chosen[["factor", "value", "method", "evaluation", "mean", "stderr", "n_seeds"]].to_string(
-            index=False
-        )
-    )
+    print(format_sweep(summary, "Precision@10"))
     print(f"\nOutputs in {args.out}/: sweep.csv, figures/, cells/")
     return 0
 
@@ -304,14 +314,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from twostage.report import compare_summaries
+    from twostage.report import compare_summaries, format_comparison, run_differences
 
-    table = compare_summaries(args.out, args.reference, n_se=args.n_se)
-    print(table.to_string(index=False))
+    if args.floor < 0 or args.n_se < 0:
+        raise TwoStageError(
+            f"--n-se and --floor must be ≥ 0, got {args.n_se:g} and {args.floor:g}."
+        )
+    differences = run_differences(args.out, args.reference)
+    if differences and args.allow_different:
+        print(
+            "twostage: warning: comparing runs of different experiments: " + "; ".join(differences),
+            file=sys.stderr,
+        )
+    table = compare_summaries(
+        args.out,
+        args.reference,
+        n_se=args.n_se,
+        floor=args.floor / 100,
+        allow_different=args.allow_different,
+    )
+    print(format_comparison(table))
     disagree = int((~table["agrees"]).sum())
     print(
-        f"\n{len(table) - disagree} of {len(table)} means agree within "
-        f"{args.n_se:g} standard errors."
+        f"\n{len(table) - disagree} of {len(table)} means agree within {args.n_se:g} standard "
+        f"errors (or {args.floor:g} points, whichever is larger)."
     )
     return 1 if disagree else 0
 

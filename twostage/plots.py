@@ -223,8 +223,19 @@ def save_png(fig: Figure, path: Path, *, dpi: int = 150, tight: bool = True) -> 
     return path
 
 
+SPREAD = "mean ± s.e. over seeds"
+
+
 def _title(text: str, synthetic: bool) -> str:
-    return f"{text} (synthetic data)" if synthetic else text
+    """'Test metrics … · synthetic data' (never a second pair of parentheses)."""
+    return f"{text} · synthetic data" if synthetic else text
+
+
+def _legend_below(fig: Figure, ax) -> None:
+    """`ax`'s legend in one row under the panels, outside every axes (the constrained layout
+    makes room), so that it covers no bar, line or peak."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=max(1, len(labels)))
 
 
 def _grouped_bars(ax, stats: pd.DataFrame, methods: list[str], ylabel: str) -> None:
@@ -249,7 +260,7 @@ def validation_curves(results: pd.DataFrame, methods: list[str], synthetic: bool
     val = results[(results["split"] == "val") & (results["metric"] == "Precision@10")]
     per_seed = val.groupby(["method", "evaluation", "epoch", "seed"])["value"].mean()
     stats = mean_stderr(per_seed.groupby(level=["method", "evaluation", "epoch"]))
-    fig = Figure(figsize=(10, 4))
+    fig = Figure(figsize=(10, 4.4), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     for ax, evaluation in zip(axes, EVALUATIONS, strict=True):
         for method in methods:
@@ -264,39 +275,39 @@ def validation_curves(results: pd.DataFrame, methods: list[str], synthetic: bool
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set_ylabel("validation Precision@10 (%)")
-    axes[0].legend()
-    fig.suptitle(_title("Validation Precision@10, mean ± standard error over seeds", synthetic))
+    _legend_below(fig, axes[0])
+    fig.suptitle(_title(f"Validation Precision@10, {SPREAD}", synthetic))
     return fig
 
 
 def test_metrics(table: pd.DataFrame, methods: list[str], synthetic: bool) -> Figure:
     """Test P@10, R@10, NDCG@10 at the best epoch of `summary_table` rows, one- beside two-stage."""
     stats = table.set_index(["metric", "method", "evaluation"])
-    fig = Figure(figsize=(12, 4))
+    fig = Figure(figsize=(12, 4.4), layout="constrained")
     axes = fig.subplots(1, 3)
     for ax, metric in zip(axes, ["Precision@10", "Recall@10", "NDCG@10"], strict=True):
         _grouped_bars(ax, stats.xs(metric, level="metric"), methods, f"test {metric} (%)")
         ax.set_title(metric)
-    axes[0].legend()
-    fig.suptitle(_title("Test metrics at the best epoch (± standard error)", synthetic))
+    _legend_below(fig, axes[0])
+    fig.suptitle(_title(f"Test metrics at the best epoch, {SPREAD}", synthetic))
     return fig
 
 
 def rewards(table: pd.DataFrame, methods: list[str], synthetic: bool) -> Figure:
     """The shown item's reward per method, one- beside two-stage."""
     stats = table[table["metric"] == "reward"].set_index(["method", "evaluation"])
-    fig = Figure(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4.4), layout="constrained")
     ax = fig.subplots()
     _grouped_bars(ax, stats, methods, "reward of the shown item (% of users)")
-    ax.legend()
-    ax.set_title(_title("Reward of the single shown item (± standard error)", synthetic))
+    _legend_below(fig, ax)
+    ax.set_title(_title(f"Reward of the single shown item, {SPREAD}", synthetic))
     return fig
 
 
 def world_probabilities(hist: dict, positive_share: float | None, synthetic: bool) -> Figure:
     """The histogram of `world_probabilities.json` with the cut."""
     edges, counts = np.asarray(hist["bin_edges"], float), np.asarray(hist["counts"], float)
-    fig = Figure(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4.4), layout="constrained")
     ax = fig.subplots()
     ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", edgecolor="white")
     share = "" if positive_share is None else f": {100 * positive_share:.1f}% of pairs positive"
@@ -304,7 +315,7 @@ def world_probabilities(hist: dict, positive_share: float | None, synthetic: boo
     ax.set_xlabel("simulator probability of a positive reward")
     ax.set_ylabel("user × item pairs")
     ax.set_yscale("log" if counts.max(initial=0) > 100 * max(np.median(counts), 1) else "linear")
-    ax.legend()
+    _legend_below(fig, ax)
     ax.set_title(_title("Simulator probabilities over all user × item pairs", synthetic))
     return fig
 
@@ -312,7 +323,7 @@ def world_probabilities(hist: dict, positive_share: float | None, synthetic: boo
 def factor_figure(rows: pd.DataFrame, name: str, metric: str = "Precision@10") -> Figure:
     """A sweep's rows of one factor: test `metric` (mean ± standard error) per value, one panel
     per evaluation, one line per method."""
-    figure = Figure(figsize=(9, 3.6))
+    figure = Figure(figsize=(9, 4), layout="constrained")
     values = list(dict.fromkeys(rows["value"]))
     for ax, evaluation in zip(
         figure.subplots(1, 2, sharey=True), ("two-stage", "one-stage"), strict=True
@@ -327,15 +338,15 @@ def factor_figure(rows: pd.DataFrame, name: str, metric: str = "Precision@10") -
                 yerr=group["stderr"] * 100,
                 marker="o",
                 capsize=3,
-                label=method,
+                label=display_name(method),
             )
         ax.set_xticks(range(len(values)), values)
         ax.set_xlabel(name)
-        ax.set_title(f"{evaluation} test {metric}")
+        ax.set_title(f"{evaluation.capitalize()} evaluation")
         ax.grid(alpha=0.3)
-    figure.axes[0].set_ylabel(f"{metric} (%)")
-    figure.axes[0].legend()
-    figure.tight_layout()
+    figure.axes[0].set_ylabel(f"test {metric} (%)")
+    _legend_below(figure, figure.axes[0])
+    figure.suptitle(f"Test {metric} by {name}, {SPREAD}")
     return figure
 
 

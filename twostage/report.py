@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from twostage import plots
-from twostage.errors import DataFormatError
+from twostage.errors import DataFormatError, TwoStageError
 from twostage.files import atomic_write_text
 from twostage.results import (
     BASELINE,
@@ -193,9 +193,50 @@ def write_figures(out_dir: str | Path) -> list[Path]:
 # --- Comparing a run's summary with a reference ----------------------------------------------
 # Used by the GPU job: a `paper`-profile run on CUDA is not bitwise equal to the committed CPU
 # run, so each mean must agree with the reference within `n_se` combined standard errors (with a
-# small absolute floor for rows whose standard error rounds to zero).
+# small absolute floor for rows whose standard error rounds to zero). Only runs of the same
+# experiment are compared: same data, profile and settings; seeds, methods, device may differ.
 
 KEYS = ["method", "evaluation", "metric"]
+# Settings of run.json's config that may differ between runs compared: the seeds (the point of a
+# comparison), the methods (only those in both are compared), where and how fast it ran, and the
+# dataset's path (the data are compared by fingerprint).
+FREE_SETTINGS = {"seeds", "methods", "device", "threads", "world.chunk_users", "dataset"}
+_ABSENT = "(not set)"
+
+
+def _flatten(values: dict, prefix: str = "") -> dict[str, object]:
+    """{"world": {"cut": 0.5}} → {"world.cut": 0.5}."""
+    flat: dict[str, object] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def run_differences(run_dir: str | Path, reference_dir: str | Path) -> list[str]:
+    """What makes two runs different experiments, as 'setting: run vs reference': the data (by
+    fingerprint where both `run.json` have one, else by name), then every setting of the config
+    outside `FREE_SETTINGS`, the profile first. Empty when they match or a `run.json` is absent."""
+    run = _read_json(Path(run_dir) / "run.json")
+    reference = _read_json(Path(reference_dir) / "run.json")
+    if not run or not reference:
+        return []
+    (name, other), (data, other_data) = zip(
+        *((r.get("dataset"), r.get("data", {}).get("fingerprint")) for r in (run, reference)),
+        strict=True,
+    )
+    same_data = data == other_data if None not in (data, other_data) else name == other
+    differences = [] if same_data else [f"dataset: {name} vs {other}"]
+    if not same_data and name == other:
+        differences = [f"dataset: {name} (data {data}) vs {other} (data {other_data})"]
+    mine, theirs = _flatten(run.get("config", {})), _flatten(reference.get("config", {}))
+    for setting in sorted(mine.keys() | theirs.keys(), key=lambda s: (s != "profile", s)):
+        first, second = mine.get(setting, _ABSENT), theirs.get(setting, _ABSENT)
+        if setting not in FREE_SETTINGS and first != second:
+            differences.append(f"{setting}: {first} vs {second}")
+    return differences
 
 
 def combined_stderr(first: pd.Series, second: pd.Series) -> pd.Series:
@@ -216,13 +257,26 @@ def read_summary(directory: str | Path) -> pd.DataFrame:
 
 
 def compare_summaries(
-    run_dir: str | Path, reference_dir: str | Path, *, n_se: float = 3.0, floor: float = 0.005
+    run_dir: str | Path,
+    reference_dir: str | Path,
+    *,
+    n_se: float = 3.0,
+    floor: float = 0.005,
+    allow_different: bool = False,
 ) -> pd.DataFrame:
     """One row per (method, evaluation, metric) present in both, with `agrees`.
 
     A mean agrees when ``|run − reference|`` ≤ max(n_se · sqrt(se_run² + se_ref²), floor); values
-    are fractions, so the default floor is half a percentage point.
+    are fractions, so the default floor is half a percentage point. Runs of different experiments
+    (`run_differences`) are refused unless `allow_different`.
     """
+    differences = run_differences(run_dir, reference_dir)
+    if differences and not allow_different:
+        raise TwoStageError(
+            f"{run_dir} and {reference_dir} are runs of different experiments, not comparable "
+            f"({'; '.join(differences)}); only seeds, methods and device may differ. "
+            "Compare anyway with --allow-different (allow_different=True in Python)."
+        )
     run, reference = read_summary(run_dir), read_summary(reference_dir)
     both = run.merge(reference, on=KEYS, suffixes=("_run", "_reference"))
     if both.empty:
@@ -235,6 +289,44 @@ def compare_summaries(
     both["allowed"] = np.maximum(n_se * se, floor)
     both["agrees"] = both["difference"].abs() <= both["allowed"]
     return both[[*KEYS, "mean_run", "mean_reference", "difference", "allowed", "agrees"]]
+
+
+def format_comparison(table: pd.DataFrame) -> str:
+    """`compare_summaries`' table for a person: method names, means in %, differences in points."""
+    shown = pd.DataFrame(
+        {
+            "method": table["method"].map(display_name),
+            "evaluation": table["evaluation"],
+            "metric": table["metric"],
+            "run (%)": 100 * table["mean_run"],
+            "reference (%)": 100 * table["mean_reference"],
+            "difference (points)": 100 * table["difference"],
+            "allowed (± points)": 100 * table["allowed"],
+            "agrees": table["agrees"].map({True: "yes", False: "NO"}),
+        }
+    )
+    formats = ["{:.1f}", "{:.1f}", "{:+.2f}", "{:.2f}"]
+    columns = ["run (%)", "reference (%)", "difference (points)", "allowed (± points)"]
+    formatters = {c: f.format for c, f in zip(columns, formats, strict=True)}
+    return shown.to_string(index=False, formatters=formatters)
+
+
+def format_sweep(summary: pd.DataFrame, metric: str = "Precision@10") -> str:
+    """A sweep's `metric` rows for the console: a heading naming it, method names, values in %."""
+    rows = summary[summary["metric"] == metric]
+    shown = pd.DataFrame(
+        {
+            "factor": rows["factor"],
+            "value": rows["value"],
+            "method": rows["method"].map(display_name),
+            "evaluation": rows["evaluation"],
+            "mean (%)": 100 * rows["mean"],
+            "s.e. (%)": 100 * rows["stderr"],
+            "seeds": rows["n_seeds"],
+        }
+    )
+    heading = f"Test {metric} (%), mean and standard error over seeds ({SELECTION_RULE}):"
+    return heading + "\n" + shown.to_string(index=False, float_format="{:.1f}".format)
 
 
 # --- Embedding a summary, and the paper's claims judged on a summary --------------------------
