@@ -166,7 +166,8 @@ def write_summary(out_dir: str | Path) -> dict[str, Path]:
 
 
 def write_figures(out_dir: str | Path) -> list[Path]:
-    """Write the PNGs under `OUT/figures/`; a figure whose input file is absent is skipped."""
+    """Write the PNGs under `OUT/figures/`; a figure whose input file is absent is skipped (a
+    committed folder keeps `summary.csv`, not the per-epoch `results.csv` the curves need)."""
     out_dir = Path(out_dir)
     figures = out_dir / "figures"
     run = _read_json(out_dir / "run.json")
@@ -175,9 +176,12 @@ def write_figures(out_dir: str | Path) -> list[Path]:
     if (out_dir / "results.csv").is_file():
         results = load_results(out_dir)
         methods = method_order(results["method"].unique())
-        table = summary_table(results)
+        fig = plots.validation_curves(results, methods, synthetic)
+        written.append(plots.save_png(fig, figures / "validation_curves.png"))
+    if (out_dir / "results.csv").is_file() or (out_dir / "summary.csv").is_file():
+        table, _, _ = run_summary(out_dir)
+        methods = method_order(table["method"].unique())
         for name, fig in (
-            ("validation_curves.png", plots.validation_curves(results, methods, synthetic)),
             ("test_metrics.png", plots.test_metrics(table, methods, synthetic)),
             ("rewards.png", plots.rewards(table, methods, synthetic)),
         ):
