@@ -40,28 +40,39 @@ def validation_size(n_users: int) -> int:
     return min(n_users - 1, max(1, round(2000 * n_users / 6040)))
 
 
-def evaluate_epoch(model: Nominator, context: Context, device: torch.device) -> list[dict]:
-    """One- and two-stage rewards on all users; ranking metrics on validation and test users."""
+SPLITS = ("all", "val", "test")  # rewards on all users; ranking metrics on val and test users
+
+
+def evaluate_epoch(
+    model: Nominator,
+    context: Context,
+    device: torch.device,
+    splits: tuple[str, ...] = SPLITS,
+) -> list[dict]:
+    """Rows {split, evaluation, metric, value} of the model as it is now, for `splits`:
+    "all" — one- and two-stage rewards on all users; "val", "test" — one- and two-stage ranking
+    metrics on the validation or test users.
+
+    Every user is scored by the same call whatever `splits` holds, so a split's rows do not
+    depend on which other splits are asked for.
+    """
     model.eval()
     with torch.no_grad():
         scores = model.score_all(torch.arange(context.catalog.n_users, device=device)).cpu()
     model.train()
     ev = context.evaluator
-    rows = [
-        {
-            "split": "all",
-            "evaluation": "one-stage",
-            "metric": "reward",
-            "value": ev.one_stage_reward(scores),
-        },
-        {
-            "split": "all",
-            "evaluation": "two-stage",
-            "metric": "reward",
-            "value": ev.two_stage_reward(scores),
-        },
-    ]
+    rows = []
+    if "all" in splits:
+        rows += [
+            {"split": "all", "evaluation": evaluation, "metric": "reward", "value": reward(scores)}
+            for evaluation, reward in (
+                ("one-stage", ev.one_stage_reward),
+                ("two-stage", ev.two_stage_reward),
+            )
+        ]
     for split, users in (("val", context.val_users), ("test", context.test_users)):
+        if split not in splits:
+            continue
         for evaluation, metrics in (
             ("one-stage", ev.one_stage_metrics(scores[users], users)),
             ("two-stage", ev.two_stage_metrics(scores[users], users)),
@@ -80,11 +91,18 @@ def train_candidate_generator(
     config: CandidateConfig,
     device: torch.device,
     progress=None,
+    *,
+    test_every_epoch: bool = False,
 ) -> dict:
     """Train one candidate generator.
 
-    Returns {"rows": per-epoch results, "best_epoch": int, "state": the model's state dict
-    (on the CPU) at the best epoch}.
+    Returns {"rows": results, "best_epoch": int, "state": the model's state dict (on the CPU) at
+    the best epoch}. The rewards ("all") and validation rows are there for every epoch; the test
+    rows only for the best epoch, evaluated once after training from its kept state (they come
+    last), unless `test_every_epoch`, which evaluates test users after every epoch as well. Both
+    give the same best epoch and the same values: the test rows of the best epoch are computed
+    from the same parameters by the same calls. `test_every_epoch` changes only the time taken
+    and the rows kept, so it is in no cache key.
 
     Batches follow the log order without shuffling and drop the last partial batch (the
     paper's code) unless `config.shuffle`. The best epoch is the one with the highest
@@ -113,13 +131,14 @@ def train_candidate_generator(
         )
         return objective.loss(logged, config, device_generator)
 
+    per_epoch = SPLITS if test_every_epoch else ("all", "val")
     rows: list[dict] = []
     best_epoch, best_value = 0, float("-inf")
     best_state: dict[str, torch.Tensor] = {}
 
     def after_epoch(epoch: int) -> bool:  # evaluate; keep the state of the best epoch so far
         nonlocal best_epoch, best_value, best_state
-        epoch_rows = evaluate_epoch(model, context, device)
+        epoch_rows = evaluate_epoch(model, context, device, per_epoch)
         for row in epoch_rows:
             row["epoch"] = epoch
         rows.extend(epoch_rows)
@@ -130,8 +149,10 @@ def train_candidate_generator(
             and r["evaluation"] == "two-stage"
             and r["metric"] == config.select_metric
         )
-        if selected > best_value:
+        improved = selected > best_value  # False for NaN
+        if improved:
             best_epoch, best_value = epoch, selected
+        if improved or epoch == 0:  # a state for best_epoch 0 even if no epoch improves (NaN)
             best_state = cpu_state(model)
         if progress is not None:
             progress.update(1)
@@ -148,4 +169,10 @@ def train_candidate_generator(
         stage=f"candidate generator {method} seed {seed}",
         after_epoch=after_epoch,
     )
+    if not test_every_epoch:  # the test users, once: at the best epoch, from its kept state
+        model.load_state_dict(best_state)
+        rows += [
+            {**row, "epoch": best_epoch}
+            for row in evaluate_epoch(model, context, device, ("test",))
+        ]
     return {"rows": rows, "best_epoch": best_epoch, "state": best_state}
