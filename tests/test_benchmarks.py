@@ -1,4 +1,4 @@
-"""The benchmarks run: the table's timing at a tiny size."""
+"""The benchmarks run: the table's timing at a tiny size, and the GPU check's refusal on a CPU."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from tiny import env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,3 +62,15 @@ def test_bench_pipeline_times_every_stage_and_run_of_the_table(tiny_world: Path,
     assert all(cached["stage_cached"].values())
     assert cached["stage_cache"].startswith("reused")
 
+
+def test_gpu_check_refuses_clearly_without_cuda(tmp_path: Path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the check would run the whole table")
+    result = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh"],
+        cwd=ROOT, env=bench_env(GPU_CHECK_RUN_DIR=str(tmp_path / "run")),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "gpu_check.sh: no CUDA device" in result.stderr and "nothing was run" in result.stderr
+    assert "== the table" not in result.stdout and not (tmp_path / "run").exists()
