@@ -40,7 +40,8 @@ from twostage.runtime import Runtime
 # The authors' original code (the paper's notebooks), timed in earlier sessions of this project
 # on the machine kind of our committed figures: the 2-core CPU machine, torch on the CPU. The
 # figures are those of the project's performance issue (#14): simulator 743 s; world 186 s;
-# logging policy + bandit log + ranker + evaluator set-up 136 s; one 2-IPS run ≈ 1,620 s
+# logging policy + bandit log + ranker + evaluator set-up 136 s (benchmarks/README.md's older
+# table itemises 55 + 39 + 40 s for the first three); one 2-IPS run ≈ 1,620 s
 # (20 epochs × (58 s training + 23 s evaluation)); the 60-run table (3 methods × 20 seeds) ≈ 16 h.
 # Nobody timed a CE or 1-IPS run of the original code, so those have no ratio.
 AUTHORS_MACHINE = "the 2-core CPU machine kind of this project's sessions, torch on the CPU"
