@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from tiny import TINY_OVERRIDES, tiny_config
 
 from twostage.data import load_movielens
@@ -43,10 +44,15 @@ def test_best_epoch_maximises_validation_two_stage_precision(tiny_world: Path, t
         assert run.best_epoch.iloc[0] == int(sel.value.to_numpy().argmax())
 
 
-def test_reproduce_writes_every_output(tiny_world: Path, tmp_path: Path):
-    out = reproduce(
-        tiny_config(tiny_world), tmp_path / "out", cache_dir=tmp_path / "cache", verbose=False
-    )
+def test_reproduce_writes_every_output(tiny_world: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    before = torch.get_num_threads()
+    try:
+        out = reproduce(
+            tiny_config(tiny_world), tmp_path / "out", cache_dir=tmp_path / "cache", verbose=False
+        )
+    finally:
+        torch.set_num_threads(before)
     for name in (
         "results.csv",
         "summary.md",
@@ -58,6 +64,9 @@ def test_reproduce_writes_every_output(tiny_world: Path, tmp_path: Path):
     meta = json.loads((out / "run.json").read_text())
     assert meta["synthetic"] is True and meta["data"]["fingerprint"]
     assert meta["config"]["candidates"]["alpha"] == 1e-3
+    # The thread count the run used, and the rule that chose it (twostage.runtime).
+    assert meta["runtime"]["threads"] == 0 and meta["runtime"]["torch_threads"] == 1
+    assert meta["runtime"]["threads_from"] == "$OMP_NUM_THREADS"
     assert list((out / "figures").glob("*.png"))
     assert load_movielens(tiny_world).synthetic
 

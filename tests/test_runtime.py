@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
+from twostage import runtime
 from twostage.errors import ConfigError
 from twostage.pipeline.config import ExperimentConfig, WorldConfig, config_from_dict
 from twostage.runtime import Runtime
@@ -31,15 +33,34 @@ def test_runtime_refuses_what_cannot_work():
         Runtime(chunk_users=0)
 
 
-def test_apply_sets_threads_only_when_given():
+@pytest.fixture
+def torch_threads():
+    """Restore torch's thread count after a test that sets it."""
     before = torch.get_num_threads()
-    try:
-        Runtime().apply()
-        assert torch.get_num_threads() == before
-        Runtime(threads=1).apply()
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_threads_rule_explicit_then_environment_then_every_core(monkeypatch, torch_threads):
+    monkeypatch.setattr(runtime, "machine_cores", lambda: 2)  # a 2-core machine
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert Runtime().apply() == (2, "all cores") and torch.get_num_threads() == 2
+    assert Runtime(threads=1).apply() == (1, "--threads") and torch.get_num_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert Runtime().apply() == (1, "$OMP_NUM_THREADS") and torch.get_num_threads() == 1
+    assert Runtime(threads=2).apply() == (2, "--threads")  # the explicit count always wins
+    assert torch.get_num_threads() == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "2,1")  # a nested list: its first level
+    assert Runtime().resolve_threads() == (2, "$OMP_NUM_THREADS")
+    for ignored in ("", "0", "-1", "many"):  # what OpenMP would ignore: the next rule applies
+        monkeypatch.setenv("OMP_NUM_THREADS", ignored)
+        assert Runtime().resolve_threads() == (2, "all cores")
+
+
+def test_every_core_is_what_this_process_may_use():
+    assert 1 <= runtime.machine_cores() <= (os.cpu_count() or 1)
+    assert runtime.env_threads({"OMP_NUM_THREADS": "3"}) == 3
+    assert runtime.env_threads({}) is None
 
 
 @pytest.mark.parametrize("name", ["ml-100k", "synthetic-ml1m"])

@@ -61,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=int,
         default=0,
-        help="CPU threads for torch (default: torch's choice; 1 is often fastest "
-        "for these small models on a busy CPU)",
+        help="CPU threads for torch; always wins (default: $OMP_NUM_THREADS if set, else "
+        "every core; 1 is often fastest for these small models on a busy CPU)",
     )
     experiment.add_argument(
         "--cache-dir", help="stage cache (default $TWOSTAGE_CACHE or the user cache)"

@@ -4,22 +4,52 @@
 holds what only changes speed or memory: torch's CPU threads and how many users are scored per
 block. The device is not here: results differ between a CPU and a GPU, so the device type is part
 of every stage's key.
+
+Threads follow one rule (`Runtime.resolve_threads`), first match wins:
+
+1. an explicit count (`twostage reproduce --threads N`, `Runtime(threads=N)`);
+2. `$OMP_NUM_THREADS`, read when the run starts (its first entry, as OpenMP reads a list);
+3. every CPU this process may run on (`os.sched_getaffinity`, else `os.cpu_count()`): both cores
+   of a 2-core machine.
+
+On a busy machine fewer threads are often faster: `benchmarks/README.md`, "The real table".
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
 
 from twostage.errors import ConfigError
 
+THREADS_FLAG = "--threads"
+THREADS_ENV = "$OMP_NUM_THREADS"
+THREADS_ALL = "all cores"
+
+
+def machine_cores() -> int:
+    """The CPUs this process may run on, as OpenMP (and so torch) counts them by default."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def env_threads(environ: dict[str, str] | None = None) -> int | None:
+    """`$OMP_NUM_THREADS` as a count, or None when it is unset, empty or not a positive integer
+    (a value OpenMP would ignore too; the next rule applies)."""
+    text = (os.environ if environ is None else environ).get("OMP_NUM_THREADS", "")
+    first = text.split(",")[0].strip()
+    return int(first) if first.isdigit() and int(first) > 0 else None
+
 
 @dataclass(frozen=True)
 class Runtime:
     """Threads and chunk sizes: never part of a cache key, never a reason to recompute."""
 
-    threads: int = 0  # torch CPU threads; 0 keeps torch's default (e.g. $OMP_NUM_THREADS)
+    threads: int = 0  # torch CPU threads; 0: $OMP_NUM_THREADS, else every core (module doc)
     chunk_users: int = 256  # users per block when the world scores every user × item pair
 
     def __post_init__(self) -> None:
@@ -32,7 +62,18 @@ class Runtime:
                 f"runtime.chunk_users must be ≥ 1, got {self.chunk_users}.", "runtime.chunk_users"
             )
 
-    def apply(self) -> None:
-        """Set torch's thread count when one is given."""
+    def resolve_threads(self) -> tuple[int, str]:
+        """(count, where it came from): `--threads`, `$OMP_NUM_THREADS` or `all cores`."""
         if self.threads > 0:
-            torch.set_num_threads(self.threads)
+            return self.threads, THREADS_FLAG
+        from_env = env_threads()
+        if from_env is not None:
+            return from_env, THREADS_ENV
+        return machine_cores(), THREADS_ALL
+
+    def apply(self) -> tuple[int, str]:
+        """Set torch's thread count by the rule above; return (count, where it came from)."""
+        count, source = self.resolve_threads()
+        if torch.get_num_threads() != count:
+            torch.set_num_threads(count)
+        return count, source

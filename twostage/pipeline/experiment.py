@@ -394,7 +394,13 @@ def run_metadata(
             "ratings": data.n_ratings,
         },
         "config": config.to_dict(),
-        "runtime": {**dataclasses.asdict(runtime), "torch_threads": torch.get_num_threads()},
+        # `threads` is what was asked (0: none), `torch_threads` what the run used, and
+        # `threads_from` which rule chose it (`twostage.runtime`).
+        "runtime": {
+            **dataclasses.asdict(runtime),
+            "torch_threads": torch.get_num_threads(),
+            "threads_from": runtime.resolve_threads()[1],
+        },
         "package_version": twostage.__version__,
         "torch_version": torch.__version__,
         "python": platform.python_version(),
