@@ -88,3 +88,17 @@ def test_bad_data_through_the_cli_gives_one_paragraph_and_status_2(tmp_path: Pat
     assert "Traceback" not in err
     with pytest.raises(Exception, match="from 1 to 5"):
         main(["--debug", "data", str(directory)])
+
+
+def test_the_cache_command_refuses_in_one_line(tmp_path: Path, capsys):
+    (tmp_path / "file").write_text("")
+    for argv in (
+        ["cache", "--cache-dir", str(tmp_path / "file")],
+        ["cache", "clear", "--stage", "nosuchstage", "--cache-dir", str(tmp_path)],
+        ["cache", "tidy", "--cache-dir", str(tmp_path)],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("twostage: error: ") and len(err.strip().splitlines()) == 1
+    assert main(["cache", "clear", "--cache-dir", str(tmp_path / "none")]) == 0
+    assert "Removed 0 entries" in capsys.readouterr().out
