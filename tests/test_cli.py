@@ -169,3 +169,16 @@ def test_compare_prints_percent_and_method_names(out: Path, tmp_path: Path):
         f"{agree} of {len(table)} means agree within 3 standard errors "
         "(or 2 points, whichever is larger)."
     )
+
+def test_the_cache_command_refuses_in_one_line(tmp_path: Path, capsys):
+    (tmp_path / "file").write_text("")
+    for argv in (
+        ["cache", "--cache-dir", str(tmp_path / "file")],
+        ["cache", "clear", "--stage", "nosuchstage", "--cache-dir", str(tmp_path)],
+        ["cache", "tidy", "--cache-dir", str(tmp_path)],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("twostage: error: ") and len(err.strip().splitlines()) == 1
+    assert main(["cache", "clear", "--cache-dir", str(tmp_path / "none")]) == 0
+    assert "Removed 0 entries" in capsys.readouterr().out

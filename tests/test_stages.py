@@ -59,3 +59,64 @@ def test_a_numerics_error_in_training_names_stage_epoch_and_step(tiny_world, tmp
     small = with_overrides(config, {"candidates": {"batch_size": 8}}).candidates
     with pytest.raises(NumericsError, match=r"candidate generator ips seed 0, epoch 0, step 0"):
         train_candidate_generator("ips", 0, context, small, prepared.device)
+
+
+def _simulator(tiny_world: Path, progress=None, **settings):
+    from twostage.data import load_movielens
+    from twostage.pipeline.config import SimulatorConfig
+    from twostage.pipeline.stages import train_simulator
+
+    config = SimulatorConfig(epochs=1, validate_every=4, **settings)
+    return train_simulator(load_movielens(str(tiny_world)), config, torch.device("cpu"), progress)
+
+
+def test_the_validation_subsample_is_the_whole_split_by_default_else_a_fixed_subset():
+    from twostage.pipeline.config import SimulatorConfig
+    from twostage.pipeline.stages import validation_rows
+
+    split = slice(600, 800)
+    assert validation_rows(split, SimulatorConfig()) == split
+    assert validation_rows(split, SimulatorConfig(val_rows=200)) == split
+    rows = validation_rows(split, SimulatorConfig(val_rows=50))
+    assert len(rows) == 50 and len(set(rows.tolist())) == 50
+    assert rows.min() >= 600 and rows.max() < 800 and torch.equal(rows, rows.sort().values)
+    assert torch.equal(rows, validation_rows(split, SimulatorConfig(val_rows=50)))
+
+
+def test_the_simulators_checks_use_the_validation_subsample(tiny_world: Path):
+    whole = _simulator(tiny_world, stop_auc=1.0).info
+    assert _simulator(tiny_world, stop_auc=1.0, val_rows=500).info == whole  # ≥ the split: same
+    sub = _simulator(tiny_world, stop_auc=1.0, val_rows=60).info
+    assert [s for s, _ in sub["curve"]] == [s for s, _ in whole["curve"]]
+    assert [a for _, a in sub["curve"]] != [a for _, a in whole["curve"]]
+    # the reported AUCs stay on the whole splits
+    assert (sub["val_auc"], sub["test_auc"]) == (whole["val_auc"], whole["test_auc"])
+    assert _simulator(tiny_world, stop_auc=1.0, val_rows=60).info == sub
+
+
+def test_the_simulator_bar_ends_at_the_steps_trained_when_stopping_early(tiny_world: Path):
+    import io
+
+    from tqdm import tqdm
+
+    with tqdm(total=12, file=io.StringIO()) as bar:  # 1,500 rows / 128 per batch
+        info = _simulator(tiny_world, progress=bar, stop_auc=0.0).info
+        assert info["stopped_early"] and info["steps"] == 4
+        assert bar.n == bar.total == info["steps"]
+        assert "stopped early: val AUC" in bar.postfix
+
+
+def test_the_world_reports_its_progress_in_users(tiny_world: Path):
+    import io
+
+    from tqdm import tqdm
+
+    from twostage.data import load_movielens
+    from twostage.pipeline.config import WorldConfig
+    from twostage.pipeline.stages import build_world
+
+    data = load_movielens(str(tiny_world))
+    state = _simulator(tiny_world).state
+    with tqdm(total=data.n_users, file=io.StringIO()) as bar:
+        build_world(data, state, WorldConfig(), torch.device("cpu"), chunk_users=32, progress=bar)
+        assert bar.n == data.n_users

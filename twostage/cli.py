@@ -156,6 +156,19 @@ def build_parser() -> argparse.ArgumentParser:
         "summarize", parents=[debug], help="rebuild the table and figures of a run"
     )
     summarize.add_argument("out", help="an output directory of `twostage reproduce`")
+
+    cache = commands.add_parser(
+        "cache", help="list the stage cache's entries and sizes (default), or clear them"
+    )
+    cache.add_argument("action", nargs="?", default="list", metavar="list|clear")
+    cache.add_argument(
+        "--stage",
+        help="only this stage's entries: simulator, world, logging_policy, bandit_log or ranker "
+        "(later stages' entries stay valid)",
+    )
+    cache.add_argument(
+        "--cache-dir", help="stage cache (default $TWOSTAGE_CACHE or the user cache)"
+    )
     return parser
 
 
@@ -286,6 +299,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     out = check_out_dir(Path(args.out) if args.out else default_out(config), config)
     reproduce(config, out, cache_dir=args.cache_dir, runtime=settings, command=args.command_line)
     print(f"\nOutputs in {out}/: results.csv, summary.md, summary.csv, run.json, figures/")
+    from twostage.pipeline.cache import StageCache
+
+    print(f"{StageCache(args.cache_dir).describe()}; `twostage cache` lists or clears it")
     return 0
 
 
@@ -349,6 +365,32 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    import time
+
+    from twostage.pipeline.cache import StageCache, megabytes
+
+    cache = StageCache(args.cache_dir)
+    if args.action not in ("list", "clear"):
+        raise TwoStageError(f"cache {args.action!r}: expected list or clear.")
+    if args.action == "clear":
+        removed, skipped = cache.clear(args.stage)
+        freed = sum(entry.size for entry in removed)
+        print(f"Removed {len(removed)} entries ({megabytes(freed)}) from {cache.root}.")
+        for entry in skipped:
+            print(f"Kept {entry.stage}/{entry.key}: another process is building it.")
+        return 0
+    entries = cache.entries(args.stage)
+    print(f"Stage cache: {cache.root}")
+    for entry in entries:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.modified))
+        note = "" if entry.complete else "  (incomplete)"
+        print(f"  {entry.stage:<15} {entry.key}  {megabytes(entry.size):>10}  {when}{note}")
+    total = sum(entry.size for entry in entries)
+    print(f"Total: {len(entries)} entries, {megabytes(total)}")
+    return 0
+
+
 def user_message(err: TwoStageError) -> str:
     """The error's message in the command line's words: `world.cut` → `--cut`.
 
@@ -380,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         "summarize": cmd_summarize,
         "compare": cmd_compare,
         "evaluate": cmd_evaluate,
+        "cache": cmd_cache,
     }
     try:
         return handlers[args.command](args)

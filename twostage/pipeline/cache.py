@@ -13,17 +13,38 @@ import hashlib
 import io
 import json
 import os
+import re
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
+from twostage.errors import TwoStageError
 from twostage.files import atomic_write_bytes, atomic_write_text
 
 T = TypeVar("T")
+
+STAGES = ("simulator", "world", "logging_policy", "bandit_log", "ranker")  # the cached stages
+# The cache's own files in a stage folder: <key>.pt, .sha256, .lock, and atomic-write temporaries.
+OWN_FILE = re.compile(
+    r"(?P<key>[0-9a-f]{16})\.(?:pt|sha256|lock)|\.(?P<tmp>[0-9a-f]{16})\.(?:pt|sha256)\..+\.tmp"
+)
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One artifact of the cache: its files (artifact, sidecar, lock, temporaries) together."""
+
+    stage: str
+    key: str
+    files: tuple[Path, ...]
+    size: int  # bytes
+    modified: float  # POSIX time of its newest file
+    complete: bool  # artifact and sidecar both present (not a build in progress or cut short)
 
 
 def stable_key(*parts: Any) -> str:
@@ -106,3 +127,92 @@ class StageCache:
     def _remove(self, path: Path) -> None:
         path.unlink(missing_ok=True)
         path.with_suffix(".sha256").unlink(missing_ok=True)
+
+    def entries(self, stage: str | None = None) -> list[CacheEntry]:
+        """The cache's entries (of `stage` only, when given), by stage then key."""
+        self._check_root()
+        found: list[CacheEntry] = []
+        for name in stages(stage):
+            folder = self.root / name
+            if not folder.is_dir():
+                continue
+            groups: dict[str, list[Path]] = {}
+            for path in folder.iterdir():
+                match = OWN_FILE.fullmatch(path.name)
+                if match and path.is_file():
+                    groups.setdefault(match["key"] or match["tmp"], []).append(path)
+            for key, files in sorted(groups.items()):
+                stats = [path.stat() for path in files]
+                names = {path.name for path in files}
+                found.append(
+                    CacheEntry(
+                        stage=name,
+                        key=key,
+                        files=tuple(sorted(files)),
+                        size=sum(stat.st_size for stat in stats),
+                        modified=max(stat.st_mtime for stat in stats),
+                        complete={f"{key}.pt", f"{key}.sha256"} <= names,
+                    )
+                )
+        return found
+
+    def size(self) -> int:
+        """Bytes of every entry."""
+        return sum(entry.size for entry in self.entries())
+
+    def clear(self, stage: str | None = None) -> tuple[list[CacheEntry], list[CacheEntry]]:
+        """Remove every entry (of `stage` only, when given): the cache's own files, nothing else,
+        then stage folders left empty. Returns (removed, skipped): an entry whose lock another
+        process holds (a build in progress) is skipped. Later stages' entries stay valid without
+        their parent's: keys name settings, and a rebuilt stage gets the same key."""
+        names = stages(stage)
+        self._check_root()
+        if not self.is_cache() and self.root.is_dir() and any(self.root.iterdir()):
+            raise TwoStageError(
+                f"{self.root} is not a twostage stage cache (it has none of the folders "
+                f"{', '.join(STAGES)}); nothing removed."
+            )
+        removed: list[CacheEntry] = []
+        skipped: list[CacheEntry] = []
+        for entry in self.entries(stage):
+            lock = self.path(entry.stage, entry.key).with_suffix(".lock")
+            try:
+                with FileLock(str(lock), timeout=0):
+                    for path in entry.files:
+                        if path != lock:
+                            path.unlink(missing_ok=True)
+            except Timeout:
+                skipped.append(entry)
+                continue
+            lock.unlink(missing_ok=True)
+            removed.append(entry)
+        for name in names:
+            folder = self.root / name
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        return removed, skipped
+
+    def is_cache(self) -> bool:
+        """True when the root holds at least one stage folder."""
+        return any((self.root / name).is_dir() for name in STAGES)
+
+    def describe(self) -> str:
+        """One line: where the cache is and its size."""
+        return f"Stage cache: {self.root} ({megabytes(self.size())})"
+
+    def _check_root(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise TwoStageError(f"{self.root} is a file, not a stage cache directory.")
+
+
+def stages(stage: str | None) -> tuple[str, ...]:
+    """Every cached stage, or only `stage` when given; a clear error when it names none."""
+    if stage is None:
+        return STAGES
+    if stage not in STAGES:
+        raise TwoStageError(f"unknown stage {stage!r}: expected one of {', '.join(STAGES)}.")
+    return (stage,)
+
+
+def megabytes(size: int) -> str:
+    return f"{size / 1e6:,.1f} MB"

@@ -9,6 +9,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -36,6 +37,9 @@ from twostage.results import RESULT_COLUMNS
 from twostage.runtime import Runtime
 
 STAGE_VERSION = 3  # bump when a stage's output changes (2: typed artifacts, 3: state-dict keys)
+# Settings added after artifacts were cached, left out of a stage's key while None (their
+# default, the old behaviour), so that caches and finished runs of older versions stay valid.
+KEYED_WHEN_SET = ("val_rows",)
 
 
 @dataclass
@@ -78,10 +82,9 @@ def prepare(
     keys: dict[str, str] = {}
     timings: dict[str, float] = {}
     cached: dict[str, bool] = {}
-    base = (STAGE_VERSION, device.type)
 
     def stage(name: str, settings, parent: str, build):
-        keys[name] = stable_key(name, base, parent, dataclasses.asdict(settings))
+        keys[name] = stage_key(name, settings, parent, device)
         start = time.perf_counter()
         artifact, was_cached = cache.get_or_build(name, keys[name], build)
         timings[name], cached[name] = time.perf_counter() - start, was_cached
@@ -102,12 +105,15 @@ def prepare(
         verbose,
     )
 
-    world = stage(
-        "world",
-        config.world,
-        keys["simulator"],
-        lambda: build_world(data, simulator.state, config.world, device, runtime.chunk_users),
-    )
+    def world_build():
+        with tqdm(
+            total=data.n_users, desc="world", unit="user", leave=False, disable=not verbose
+        ) as bar:
+            return build_world(
+                data, simulator.state, config.world, device, runtime.chunk_users, progress=bar
+            )
+
+    world = stage("world", config.world, keys["simulator"], world_build)
     _say(
         f"[world] {_src(cached, 'world')} {timings['world']:.1f}s · "
         f"{world.labels.numel():,} pairs · cut {world.cut:.6f} ({world.cut_rule}) · "
@@ -158,6 +164,17 @@ def prepare(
     return Prepared(
         data, device, simulator, world, policy, log, ranker, context, keys, timings, cached
     )
+
+
+def stage_key(name: str, settings: Any, parent: str, device: torch.device) -> str:
+    """The cache key of stage `name` with its settings (a dataclass), its parent's key (or the
+    data's fingerprint) and the device type."""
+    values = {
+        k: v
+        for k, v in dataclasses.asdict(settings).items()
+        if not (k in KEYED_WHEN_SET and v is None)
+    }
+    return stable_key(name, (STAGE_VERSION, device.type), parent, values)
 
 
 def _src(cached: dict[str, bool], name: str) -> str:

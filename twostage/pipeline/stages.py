@@ -36,28 +36,49 @@ def split_ratings(n: int) -> tuple[slice, slice, slice]:
     return slice(0, n * 3 // 5), slice(n * 3 // 5, n * 4 // 5), slice(n * 4 // 5, n)
 
 
+def validation_rows(val: slice, config: SimulatorConfig) -> slice | torch.Tensor:
+    """The rows of the validation split `val` that the periodic AUC checks use: all of it when
+    `config.val_rows` is None or at least its size, else that many rows drawn once with the
+    simulator's seed (sorted, so in file order)."""
+    n = val.stop - val.start
+    if config.val_rows is None or config.val_rows >= n:
+        return val
+    picked = torch.randperm(n, generator=seeded(config.seed))[: config.val_rows]
+    return picked.sort().values + val.start
+
+
 def train_simulator(
     data: MovieLens, config: SimulatorConfig, device: torch.device, progress=None
 ) -> TrainedModel:
-    """Train the impression simulator on the ratings (the first 3/5 of the file, in its order)."""
+    """Train the impression simulator on the ratings (the first 3/5 of the file, in its order).
+
+    The periodic checks that may stop training use `validation_rows` (`config.val_rows`); the
+    `val_auc` and `test_auc` of its info are on the whole validation and test splits. `progress`
+    (a tqdm bar) gets one update per step; when training stops early its total is cut to the
+    steps done.
+    """
     torch.manual_seed(config.seed)
     model = ImpressionSimulator(data.catalog).to(device)
     users, items = data.users.to(device), data.items.to(device)
     times, labels = data.timestamps.to(device), data.labels.to(device)
     train, val, test = split_ratings(data.n_ratings)
     train_idx = torch.arange(data.n_ratings)[train]
+    checked = validation_rows(val, config)
+    if isinstance(checked, torch.Tensor):
+        checked = checked.to(device)
 
-    def evaluate(part: slice) -> float:
+    def evaluate(rows: slice | torch.Tensor) -> float:
+        part_users, part_items, part_times = users[rows], items[rows], times[rows]
         model.eval()
         with torch.no_grad():
             scores = torch.cat(
                 [
-                    model(users[part][i], items[part][i], times[part][i])
-                    for i in batches(part.stop - part.start, 65536, shuffle=False)
+                    model(part_users[i], part_items[i], part_times[i])
+                    for i in batches(len(part_users), 65536, shuffle=False)
                 ]
             )
         model.train()
-        return auc(scores, labels[part])
+        return auc(scores, labels[rows])
 
     def batch_loss(batch: torch.Tensor) -> torch.Tensor:
         idx = train_idx[batch].to(device)
@@ -75,7 +96,7 @@ def train_simulator(
             progress.update(1)
         if step % config.validate_every:
             return False
-        curve.append((step, evaluate(val)))
+        curve.append((step, evaluate(checked)))
         stopped = curve[-1][1] > config.stop_auc
         return stopped
 
@@ -100,12 +121,21 @@ def train_simulator(
         after_epoch=after_epoch,
     )
     step = fitted.steps
+    stopped_early = step < config.epochs * -(-len(train_idx) // config.batch_size)
+    if progress is not None and stopped_early:
+        passed = [value for _, value in curve if value > config.stop_auc]
+        progress.total = step
+        if passed:
+            progress.set_postfix_str(
+                f"stopped early: val AUC {passed[-1]:.3f} > {config.stop_auc:g}", refresh=False
+            )
+        progress.refresh()
     info = {
         "steps": step,
         "val_auc": evaluate(val),
         "test_auc": evaluate(test),
         "curve": curve,
-        "stopped_early": step < config.epochs * -(-len(train_idx) // config.batch_size),
+        "stopped_early": stopped_early,
         "train_size": len(train_idx),
     }
     return TrainedModel(cpu_state(model), info)
@@ -159,10 +189,12 @@ def build_world(
     config: WorldConfig,
     device: torch.device,
     chunk_users: int = 256,
+    progress=None,
 ) -> World:
     """Sample a timestamp for every pair, score it with the simulator, cut into labels.
 
-    `chunk_users` users are scored at a time (a runtime setting: memory, not results).
+    `chunk_users` users are scored at a time (a runtime setting: memory, not results);
+    `progress` (a tqdm bar) gets an update of that many users after each block.
     """
     simulator = load_model(ImpressionSimulator, data.catalog, simulator_state, device)
     mean, std = user_timestamp_moments(data)
@@ -181,6 +213,8 @@ def build_world(
             at_mean[chunk] = torch.sigmoid(
                 simulator.score_all(users, mean_timestamps[chunk].to(device))
             ).cpu()
+            if progress is not None:
+                progress.update(len(chunk))
     cut, rule = choose_cut(probabilities, data, config)
     return World(
         timestamps=timestamps,
