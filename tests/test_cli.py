@@ -170,6 +170,7 @@ def test_compare_prints_percent_and_method_names(out: Path, tmp_path: Path):
         "(or 2 points, whichever is larger)."
     )
 
+
 def test_the_cache_command_refuses_in_one_line(tmp_path: Path, capsys):
     (tmp_path / "file").write_text("")
     for argv in (

@@ -25,7 +25,9 @@ def blocks(language: str) -> list[str]:
 
 def readme_commands() -> list[str]:
     """The `twostage …` lines of the README's bash blocks, comments removed."""
-    lines = [line.split("  #")[0].strip() for block in blocks("bash") for line in block.splitlines()]
+    lines = [
+        line.split("  #")[0].strip() for block in blocks("bash") for line in block.splitlines()
+    ]
     return [line for line in lines if line.startswith("twostage ")]
 
 

@@ -132,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     compare = commands.add_parser(
-        "compare", parents=[debug], help="check a run's summary against a committed one within standard errors"
+        "compare",
+        parents=[debug],
+        help="check a run's summary against a committed one within standard errors",
     )
     compare.add_argument("out", help="an output directory of `twostage reproduce`")
     compare.add_argument("reference", help="a directory with the reference summary.csv")

@@ -113,7 +113,7 @@ def sweep(
     cache = StageCache(cache_dir)
     frames = []
     for (name, value), config in tqdm(
-        list(zip(cells, configs)), desc="sweep cells", disable=not verbose
+        list(zip(cells, configs, strict=True)), desc="sweep cells", disable=not verbose
     ):
         prepared = prepare(config, cache=cache, runtime=runtime, verbose=False)
         results = run_all(prepared, config, out_dir / "cells" / f"{name}={value}", verbose=False)
