@@ -193,6 +193,13 @@ def test_run_differences_name_the_data_profile_and_settings_never_the_seeds(tmp_
         compare_summaries(base, other)
     assert report.run_differences(base, tmp_path) == []  # no run.json: nothing to check
 
+    newer = folder("newer", "f1", simulator={"val_rows": None})  # a setting base predates
+    assert report.run_differences(newer, base) == ["simulator.val_rows: None vs (not set)"]
+    defaults = {"simulator": {"val_rows": None}}
+    assert report.run_differences(newer, base, defaults) == []
+    changed = folder("changed", "f1", simulator={"val_rows": 100})
+    assert report.run_differences(changed, base, defaults) == ["simulator.val_rows: 100 vs None"]
+
 
 def test_the_sweep_table_names_the_metric_and_prints_percent(out: Path):
     table = summary_table(load_results(out))

@@ -182,10 +182,11 @@ resumes), then OUT/summary.md, summary.csv, run.json and figures/.
 
 Profiles:
   paper  the paper's protocol: CE, 1-IPS and 2-IPS x 20 seeds, on ML-1M unless --dataset
-         says otherwise. Measured on a 2-core CPU: ML-100K about {ml100k}, the ML-1M-shaped
-         synthetic world about {synthetic}.
+         says otherwise. On a 2-core CPU with --threads 2: ML-100K about 9 min, the
+         ML-1M-shaped synthetic world (and ML-1M) about an hour.
   smoke  3 seeds and short schedules on the small synthetic world (synthetic-small) unless
-         --dataset is given: about {smoke} here. A check that everything runs, not a result.
+         --dataset is given: about 15 s (3 min on --dataset synthetic). A check that
+         everything runs, not a result.
 
 Every setting is checked before any stage starts; a refusal is one line and exit status 2."""
 
@@ -338,7 +339,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise TwoStageError(
             f"--n-se and --floor must be ≥ 0, got {args.n_se:g} and {args.floor:g}."
         )
-    differences = run_differences(args.out, args.reference)
+    from twostage.pipeline.config import ExperimentConfig
+
+    defaults = ExperimentConfig().to_dict()  # for settings an older run.json lacks
+    differences = run_differences(args.out, args.reference, defaults)
     if differences and args.allow_different:
         print(
             "twostage: warning: comparing runs of different experiments: " + "; ".join(differences),
@@ -350,6 +354,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         n_se=args.n_se,
         floor=args.floor / 100,
         allow_different=args.allow_different,
+        defaults=defaults,
     )
     print(format_comparison(table))
     disagree = int((~table["agrees"]).sum())

@@ -219,10 +219,15 @@ def _flatten(values: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
-def run_differences(run_dir: str | Path, reference_dir: str | Path) -> list[str]:
+def run_differences(
+    run_dir: str | Path, reference_dir: str | Path, defaults: dict | None = None
+) -> list[str]:
     """What makes two runs different experiments, as 'setting: run vs reference': the data (by
     fingerprint where both `run.json` have one, else by name), then every setting of the config
-    outside `FREE_SETTINGS`, the profile first. Empty when they match or a `run.json` is absent."""
+    outside `FREE_SETTINGS`, the profile first. Empty when they match or a `run.json` is absent.
+
+    `defaults` (an `ExperimentConfig().to_dict()`) stands in for a setting a `run.json` lacks
+    because it was made before the setting existed."""
     run = _read_json(Path(run_dir) / "run.json")
     reference = _read_json(Path(reference_dir) / "run.json")
     if not run or not reference:
@@ -236,8 +241,10 @@ def run_differences(run_dir: str | Path, reference_dir: str | Path) -> list[str]
     if not same_data and name == other:
         differences = [f"dataset: {name} (data {data}) vs {other} (data {other_data})"]
     mine, theirs = _flatten(run.get("config", {})), _flatten(reference.get("config", {}))
+    known = _flatten(defaults or {})
     for setting in sorted(mine.keys() | theirs.keys(), key=lambda s: (s != "profile", s)):
-        first, second = mine.get(setting, _ABSENT), theirs.get(setting, _ABSENT)
+        default = known.get(setting, _ABSENT)
+        first, second = mine.get(setting, default), theirs.get(setting, default)
         if setting not in FREE_SETTINGS and first != second:
             differences.append(f"{setting}: {first} vs {second}")
     return differences
@@ -267,6 +274,7 @@ def compare_summaries(
     n_se: float = 3.0,
     floor: float = 0.005,
     allow_different: bool = False,
+    defaults: dict | None = None,
 ) -> pd.DataFrame:
     """One row per (method, evaluation, metric) present in both, with `agrees`.
 
@@ -274,7 +282,7 @@ def compare_summaries(
     are fractions, so the default floor is half a percentage point. Runs of different experiments
     (`run_differences`) are refused unless `allow_different`.
     """
-    differences = run_differences(run_dir, reference_dir)
+    differences = run_differences(run_dir, reference_dir, defaults)
     if differences and not allow_different:
         raise TwoStageError(
             f"{run_dir} and {reference_dir} are runs of different experiments, not comparable "
