@@ -24,6 +24,7 @@ LAYERS = {  # a module may import modules of its own layer or a lower one
     "twostage.report": 1,
     "twostage.objectives": 1,
     "twostage.results": 1,
+    "twostage.worlds": 1,
     "twostage.plots": 1,
     "twostage.runtime": 0,
     "twostage.metrics": 0,

@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         "P(item among the K shown), by Monte Carlo",
     )
     run.add_argument(
+        "--world-seeds",
+        help="run on several semi-synthetic worlds (stages 1-5 reseeded), e.g. 0-4: one folder "
+        "per world, and a summary with each world's mean, the grand mean ± its standard error "
+        "between worlds and the share of the variance between worlds",
+    )
+    run.add_argument(
         "--out",
         help="output directory (default runs/DATASET-PROFILE, plus the settings that differ "
         "from the profile's, e.g. runs/ml-100k-paper-alpha=0.01); a folder holding runs of "
@@ -112,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=V1,V2",
         help="a factor and its values, e.g. alpha=0,1e-3,1e-1 (repeatable); names: "
         "alpha, slate_size, n_slates, temperature, cap, eval_k, epochs, "
-        "weight_decay, ranker_epochs, oracle_ranker, positive_share",
+        "weight_decay, ranker_epochs, oracle_ranker, positive_share, world_seed",
     )
     sweep.add_argument("--out", required=True, help="output directory")
 
@@ -299,12 +305,37 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from twostage.pipeline.experiment import check_out_dir
 
     config, settings = experiment_config(args), runtime(args)
+    if args.world_seeds is not None:
+        return reproduce_worlds(args, config, settings)
     out = check_out_dir(Path(args.out) if args.out else default_out(config), config)
     reproduce(config, out, cache_dir=args.cache_dir, runtime=settings, command=args.command_line)
     print(f"\nOutputs in {out}/: results.csv, summary.md, summary.csv, run.json, figures/")
     from twostage.pipeline.cache import StageCache
 
     print(f"{StageCache(args.cache_dir).describe()}; `twostage cache` lists or clears it")
+    return 0
+
+
+def reproduce_worlds(args: argparse.Namespace, config, settings) -> int:
+    from twostage.pipeline import api
+    from twostage.pipeline.config import parse_seeds
+
+    try:
+        world_seeds = parse_seeds(args.world_seeds)
+    except TwoStageError as err:
+        raise TwoStageError(f"--world-seeds: {str(err).removeprefix('seeds')}".strip()) from None
+    if len(world_seeds) < 2:
+        raise TwoStageError("--world-seeds: give at least two worlds (e.g. 0-4).")
+    out = Path(args.out) if args.out else Path(f"{default_out(config)}-worlds={args.world_seeds}")
+    api.reproduce_worlds(
+        config,
+        world_seeds,
+        out,
+        cache_dir=args.cache_dir,
+        runtime=settings,
+        command=args.command_line,
+    )
+    print(f"\nOutputs in {out}/: summary.md, worlds.csv, worlds_summary.csv, world-<seed>/")
     return 0
 
 

@@ -123,15 +123,21 @@ def mean_stderr(values: pd.core.groupby.SeriesGroupBy) -> pd.DataFrame:
     return stats.drop(columns="std")
 
 
+def seed_values(results: pd.DataFrame) -> pd.Series:
+    """Each run's test metrics and rewards at its best epoch: a Series indexed by
+    (method, evaluation, metric, seed)."""
+    chosen = results[
+        (results["epoch"] == results["best_epoch"]) & results["split"].isin(["test", "all"])
+    ]
+    return chosen.groupby(["method", "evaluation", "metric", "seed"])["value"].mean()
+
+
 def summary_table(results: pd.DataFrame) -> pd.DataFrame:
     """Test metrics and rewards at each run's best epoch: mean, stderr, n_seeds, % gain over CE.
 
     One row per method × evaluation × metric, with columns `SUMMARY_COLUMNS`.
     """
-    chosen = results[
-        (results["epoch"] == results["best_epoch"]) & results["split"].isin(["test", "all"])
-    ]
-    per_seed = chosen.groupby(["method", "evaluation", "metric", "seed"])["value"].mean()
+    per_seed = seed_values(results)
     table = mean_stderr(per_seed.groupby(level=["method", "evaluation", "metric"])).reset_index()
     ce = table[table["method"] == BASELINE].set_index(["evaluation", "metric"])["mean"]
     baseline = table.set_index(["evaluation", "metric"]).index.map(ce).to_numpy(dtype=float)

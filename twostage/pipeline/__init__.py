@@ -6,7 +6,7 @@ imported on first use, so that `twostage.pipeline.config` stays cheap to import.
 
 from __future__ import annotations
 
-__all__ = ["reproduce", "summarize"]
+__all__ = ["reproduce", "reproduce_worlds", "summarize"]
 
 
 def __getattr__(name: str):

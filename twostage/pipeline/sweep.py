@@ -17,7 +17,12 @@ from tqdm.auto import tqdm
 from twostage import objectives, plots
 from twostage.errors import ConfigError
 from twostage.pipeline.cache import StageCache, atomic_write_text
-from twostage.pipeline.config import ExperimentConfig, validate, with_overrides
+from twostage.pipeline.config import (
+    ExperimentConfig,
+    validate,
+    with_overrides,
+    with_world_seed,
+)
 from twostage.results import summary_table
 from twostage.runtime import Runtime
 
@@ -49,6 +54,8 @@ FACTORS: dict[str, Factor] = {
     "ranker_epochs": Factor("ranker", "epochs", int),
     "oracle_ranker": Factor("ranker", "oracle", bool),
     "positive_share": Factor("world", "positive_share", float),
+    # Another semi-synthetic world: the seeds of all of stages 1–5 (`with_world_seed`).
+    "world_seed": Factor("simulator", "seed", int),
 }
 
 
@@ -82,6 +89,8 @@ def _parse(kind: type, text: str):
 
 def cell_config(base: ExperimentConfig, name: str, value) -> ExperimentConfig:
     factor = FACTORS[name]
+    if name == "world_seed":
+        return with_world_seed(with_overrides(base, {"methods": factor.methods}), value)
     return with_overrides(base, {"methods": factor.methods, factor.stage: {factor.field: value}})
 
 
