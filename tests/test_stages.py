@@ -120,3 +120,57 @@ def test_the_world_reports_its_progress_in_users(tiny_world: Path):
     with tqdm(total=data.n_users, file=io.StringIO()) as bar:
         build_world(data, state, WorldConfig(), torch.device("cpu"), chunk_users=32, progress=bar)
         assert bar.n == data.n_users
+
+
+def _rule(tiny_world: Path, rule: str, **settings) -> dict:
+    from twostage.data import load_movielens
+    from twostage.pipeline.config import SimulatorConfig
+    from twostage.pipeline.stages import train_simulator
+
+    config = SimulatorConfig(epochs=2, early_stop=rule, **settings)  # 12 steps an epoch
+    data = load_movielens(str(tiny_world))
+    return train_simulator(data, config, torch.device("cpu")).info
+
+
+@pytest.mark.parametrize(
+    ("rule", "settings", "checks", "steps"),
+    [
+        # the paper's text: steps counted across epochs; a pass ends training
+        ("run", {"validate_every": 5, "stop_auc": 1.0}, [5, 10, 15, 20], 24),
+        ("run", {"validate_every": 5, "stop_auc": 0.0}, [5], 5),
+        ("run", {"validate_every": 20, "stop_auc": 1.0}, [20], 24),
+        # the authors' code: steps counted within each epoch; a pass ends only that epoch
+        ("authors", {"validate_every": 5, "stop_auc": 1.0}, [5, 10, 17, 22], 24),
+        ("authors", {"validate_every": 5, "stop_auc": 0.0}, [5, 10], 10),
+        ("authors", {"validate_every": 20, "stop_auc": 1.0}, [], 24),  # never checks
+    ],
+)
+def test_the_simulators_two_stop_rules(tiny_world: Path, rule, settings, checks, steps):
+    info = _rule(tiny_world, rule, **settings)
+    assert [step for step, _ in info["curve"]] == checks
+    assert info["steps"] == steps
+
+
+def test_the_ratings_order_groups_by_user_stably(tiny_world: Path, tmp_path: Path):
+    import shutil
+
+    from twostage.pipeline.stages import rating_order
+
+    users = torch.tensor([2, 0, 2, 1, 0, 2])
+    assert rating_order(users, "file") is None
+    assert rating_order(users, "user").tolist() == [1, 4, 3, 0, 2, 5]
+    # The tiny world's file is grouped by user already (as ML-1M's): both orders train alike.
+    grouped_file = _rule(tiny_world, "run", validate_every=5, ratings_order="user")
+    assert grouped_file == _rule(tiny_world, "run", validate_every=5)
+    shuffled = tmp_path / "shuffled"
+    shutil.copytree(tiny_world, shuffled)
+    lines = (shuffled / "ratings.dat").read_text().splitlines(keepends=True)
+    blocks: dict[str, list[str]] = {}
+    for line in lines:  # each user's ratings, in file order
+        blocks.setdefault(line.split("::")[0], []).append(line)
+    keys = list(blocks)
+    order = torch.randperm(len(keys), generator=torch.Generator().manual_seed(0)).tolist()
+    (shuffled / "ratings.dat").write_text("".join("".join(blocks[keys[i]]) for i in order))
+    grouped = _rule(shuffled, "run", validate_every=5, ratings_order="user")
+    assert grouped == _rule(tiny_world, "run", validate_every=5, ratings_order="user")
+    assert _rule(shuffled, "run", validate_every=5) != grouped

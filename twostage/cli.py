@@ -91,6 +91,19 @@ def build_parser() -> argparse.ArgumentParser:
         "P(item among the K shown), by Monte Carlo",
     )
     run.add_argument(
+        "--early-stop",
+        choices=["run", "authors"],
+        help="the simulator's stop rule: run (default, the paper's text: a validation AUC above "
+        "0.735 ends training) or authors (the authors' code: checks every 500 steps within each "
+        "epoch, a pass ends only that epoch)",
+    )
+    run.add_argument(
+        "--ratings-order",
+        choices=["file", "user"],
+        help="order of the ratings before the simulator's positional 3:1:1 split: file "
+        "(default) or user (stably grouped by user, as ML-1M's ratings.dat ships)",
+    )
+    run.add_argument(
         "--world-seeds",
         help="run on several semi-synthetic worlds (stages 1-5 reseeded), e.g. 0-4: one folder "
         "per world, and a summary with each world's mean, the grand mean ± its standard error "
@@ -230,6 +243,8 @@ FLAGS = {
     "world.cut": "--cut",
     "world.positive_share": "--positive-share",
     "bandit.propensity": "--propensity",
+    "simulator.early_stop": "--early-stop",
+    "simulator.ratings_order": "--ratings-order",
 }
 STAGE_FLAGS = {  # argparse dest → (stage, field) for flags that override one stage setting
     "alpha": ("candidates", "alpha"),
@@ -237,6 +252,8 @@ STAGE_FLAGS = {  # argparse dest → (stage, field) for flags that override one 
     "cut": ("world", "cut"),
     "positive_share": ("world", "positive_share"),
     "propensity": ("bandit", "propensity"),
+    "early_stop": ("simulator", "early_stop"),
+    "ratings_order": ("simulator", "ratings_order"),
 }
 
 

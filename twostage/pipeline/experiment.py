@@ -37,9 +37,9 @@ from twostage.results import RESULT_COLUMNS
 from twostage.runtime import Runtime
 
 STAGE_VERSION = 3  # bump when a stage's output changes (2: typed artifacts, 3: state-dict keys)
-# Settings added after artifacts were cached, left out of a stage's key while None (their
-# default, the old behaviour), so that caches and finished runs of older versions stay valid.
-KEYED_WHEN_SET = ("val_rows",)
+# Settings added after artifacts were cached, left out of a stage's key while at their default
+# (the old behaviour), so that caches and finished runs of older versions stay valid.
+KEYED_WHEN_SET = {"val_rows": None, "ratings_order": "file"}
 
 
 @dataclass
@@ -172,7 +172,7 @@ def stage_key(name: str, settings: Any, parent: str, device: torch.device) -> st
     values = {
         k: v
         for k, v in dataclasses.asdict(settings).items()
-        if not (k in KEYED_WHEN_SET and v is None)
+        if not (k in KEYED_WHEN_SET and v == KEYED_WHEN_SET[k])
     }
     return stable_key(name, (STAGE_VERSION, device.type), parent, values)
 

@@ -36,6 +36,14 @@ def split_ratings(n: int) -> tuple[slice, slice, slice]:
     return slice(0, n * 3 // 5), slice(n * 3 // 5, n * 4 // 5), slice(n * 4 // 5, n)
 
 
+def rating_order(users: torch.Tensor, order: str) -> torch.Tensor | None:
+    """The permutation that puts the ratings in `order` before the positional split: None for
+    "file" (as they are), else a stable sort by user (each user's ratings keep their order)."""
+    if order == "file":
+        return None
+    return torch.sort(users, stable=True).indices
+
+
 def validation_rows(val: slice, config: SimulatorConfig) -> slice | torch.Tensor:
     """The rows of the validation split `val` that the periodic AUC checks use: all of it when
     `config.val_rows` is None or at least its size, else that many rows drawn once with the
@@ -50,7 +58,7 @@ def validation_rows(val: slice, config: SimulatorConfig) -> slice | torch.Tensor
 def train_simulator(
     data: MovieLens, config: SimulatorConfig, device: torch.device, progress=None
 ) -> TrainedModel:
-    """Train the impression simulator on the ratings (the first 3/5 of the file, in its order).
+    """Train the impression simulator on the first 3/5 of the ratings, in `config.ratings_order`.
 
     The periodic checks that may stop training use `validation_rows` (`config.val_rows`); the
     `val_auc` and `test_auc` of its info are on the whole validation and test splits. `progress`
@@ -59,8 +67,11 @@ def train_simulator(
     """
     torch.manual_seed(config.seed)
     model = ImpressionSimulator(data.catalog).to(device)
-    users, items = data.users.to(device), data.items.to(device)
-    times, labels = data.timestamps.to(device), data.labels.to(device)
+    users, items, times, labels = data.users, data.items, data.timestamps, data.labels
+    order = rating_order(users, config.ratings_order)
+    if order is not None:
+        users, items, times, labels = users[order], items[order], times[order], labels[order]
+    users, items, times, labels = (t.to(device) for t in (users, items, times, labels))
     train, val, test = split_ratings(data.n_ratings)
     train_idx = torch.arange(data.n_ratings)[train]
     checked = validation_rows(val, config)
@@ -88,24 +99,30 @@ def train_simulator(
 
     curve: list[tuple[int, float]] = []
     stopped = False
+    # Steps done so far, and before this epoch: the authors' code counts steps within an epoch.
+    steps_done = epoch_start = 0
 
     def after_step(step: int) -> bool:
-        """Validate every `validate_every` steps; an AUC above `stop_auc` ends the epoch."""
-        nonlocal stopped
+        """Validate every `validate_every` steps (of the run, or of the epoch for "authors");
+        an AUC above `stop_auc` ends the epoch."""
+        nonlocal stopped, steps_done
+        steps_done = step
         if progress is not None:
             progress.update(1)
-        if step % config.validate_every:
+        counted = step - epoch_start if config.early_stop == "authors" else step
+        if counted % config.validate_every:
             return False
         curve.append((step, evaluate(checked)))
         stopped = curve[-1][1] > config.stop_auc
         return stopped
 
     def after_epoch(epoch: int) -> bool:
-        """`early_stop="run"`: a pass ends training; `"epoch"`: it only ended that epoch."""
-        nonlocal stopped
+        """`early_stop="run"`: a pass ends training; `"authors"`: it only ended that epoch."""
+        nonlocal stopped, epoch_start
         done = stopped and config.early_stop == "run"
-        if config.early_stop == "epoch":
+        if config.early_stop == "authors":
             stopped = False
+        epoch_start = steps_done
         return done
 
     fitted = fit(
