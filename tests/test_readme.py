@@ -97,3 +97,13 @@ def test_every_readme_example_runs_at_smoke_size_offline(tmp_path: Path, tiny_wo
     assert "results on synthetic-small" in result.stdout
     assert "Profile `smoke`" in result.stdout
     assert len(ran) >= 11
+
+
+def test_the_install_lines_get_the_cpu_build_anywhere_and_keep_the_venv_lean():
+    install = blocks("bash")[0]
+    assert "pip install torch --index-url https://download.pytorch.org/whl/cpu" in install
+    lines = [line.split("#")[0].strip() for line in install.splitlines()]
+    assert "pip install -e ." in lines  # running experiments needs no book or dev extras
+    environment = (ROOT / "environment.yml").read_text()
+    assert "download.pytorch.org/whl/cpu" in environment and "- -e .\n" in environment
+    assert "torch==2.13.0" in (ROOT / ".ci" / "run").read_text()  # CI keeps its local wheel
