@@ -31,6 +31,7 @@ from execute_notebooks import NOTEBOOKS, ROOT, run_cells  # noqa: E402
 
 from twostage import notebook_checks  # noqa: E402
 from twostage.pipeline.config import parse_seeds  # noqa: E402
+from twostage.runtime import cpu_model  # noqa: E402
 
 DEFAULT_OUT = NOTEBOOKS / "recorded_values.json"
 TABLE = ROOT / "book" / "notebook_tolerances.md"  # included by book/running.md
@@ -42,16 +43,6 @@ PROCEDURE = (
     "floor = max(relative * |value|, absolute). "
     "Written by .ci/calibrate_notebook_values.py; checked by .ci/test_notebook_values.py."
 )
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def record_world(seed: int, chapters: list[Path], work: Path) -> dict:
@@ -90,7 +81,7 @@ def main(argv: list[str]) -> int:
             "profile": "smoke",
             "world_seeds": seeds,
             "threads": 1,
-            "cpu": cpu_name(),
+            "cpu": cpu_model(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "torch": torch.__version__,
             "python": platform.python_version(),

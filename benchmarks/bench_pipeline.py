@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shlex
 import shutil
@@ -35,7 +34,7 @@ from twostage.errors import TwoStageError
 from twostage.pipeline import reproduce
 from twostage.pipeline.config import profile_config, validate, with_overrides
 from twostage.pipeline.training import resolve_device
-from twostage.runtime import Runtime
+from twostage.runtime import Runtime, cpu_model
 
 # The authors' original code (the paper's notebooks), timed in earlier sessions of this project
 # on the machine kind of our committed figures: the 2-core CPU machine, torch on the CPU. The
@@ -58,16 +57,6 @@ STAGES = ("simulator", "world", "logging_policy", "bandit_log", "ranker", "evalu
 PAPER_METHODS = ("ce", "ips", "2s")
 PAPER_SEEDS = 20
 QUIET_LOAD = 0.5  # a 1-minute load average above this before the start: the machine was busy
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load_average() -> list[float] | None:

@@ -298,14 +298,17 @@ def default_out(config) -> Path:
     from dataclasses import replace
 
     from twostage.pipeline.config import profile_config
-    from twostage.pipeline.experiment import FREE_SETTINGS, setting_differences
+    from twostage.pipeline.experiment import FREE_SETTINGS
+    from twostage.report import config_differences
 
     name = Path(config.dataset).name if Path(config.dataset).is_dir() else config.dataset
     profile = replace(profile_config(config.profile), dataset=config.dataset)
-    base, mine = profile.to_dict(), config.to_dict()
-    for key in FREE_SETTINGS:
-        base.pop(key), mine.pop(key)
-    changed = [line.split(":")[0] for line in setting_differences(base, mine)]
+    changed = [
+        setting
+        for setting, _, _ in config_differences(
+            profile.to_dict(), config.to_dict(), free=FREE_SETTINGS
+        )
+    ]
     suffix = "".join(f"-{key.split('.')[-1]}={_value(config, key)}" for key in changed)
     return Path("runs") / f"{name}-{config.profile}{suffix}"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -209,14 +210,32 @@ _ABSENT = "(not set)"
 
 
 def _flatten(values: dict, prefix: str = "") -> dict[str, object]:
-    """{"world": {"cut": 0.5}} → {"world.cut": 0.5}."""
+    """{"world": {"cut": 0.5}} → {"world.cut": 0.5}; tuples as lists, as JSON gives them back."""
     flat: dict[str, object] = {}
     for key, value in values.items():
         if isinstance(value, dict):
             flat.update(_flatten(value, f"{prefix}{key}."))
         else:
-            flat[f"{prefix}{key}"] = value
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
     return flat
+
+
+def config_differences(
+    first: dict, second: dict, *, free: Collection[str] = (), defaults: dict | None = None
+) -> list[tuple[str, object, object]]:
+    """(setting, first's value, second's value) for each leaf setting that differs between two
+    `ExperimentConfig.to_dict()`-shaped configs (a `run.json`'s "config"), the profile first.
+
+    Settings in `free` may differ; `defaults` stands in for a setting a config lacks because it
+    was written before the setting existed."""
+    mine, theirs, known = _flatten(first), _flatten(second), _flatten(defaults or {})
+    differences = []
+    for setting in sorted(mine.keys() | theirs.keys(), key=lambda s: (s != "profile", s)):
+        default = known.get(setting, _ABSENT)
+        a, b = mine.get(setting, default), theirs.get(setting, default)
+        if setting not in free and a != b:
+            differences.append((setting, a, b))
+    return differences
 
 
 def run_differences(
@@ -240,13 +259,11 @@ def run_differences(
     differences = [] if same_data else [f"dataset: {name} vs {other}"]
     if not same_data and name == other:
         differences = [f"dataset: {name} (data {data}) vs {other} (data {other_data})"]
-    mine, theirs = _flatten(run.get("config", {})), _flatten(reference.get("config", {}))
-    known = _flatten(defaults or {})
-    for setting in sorted(mine.keys() | theirs.keys(), key=lambda s: (s != "profile", s)):
-        default = known.get(setting, _ABSENT)
-        first, second = mine.get(setting, default), theirs.get(setting, default)
-        if setting not in FREE_SETTINGS and first != second:
-            differences.append(f"{setting}: {first} vs {second}")
+    configs = run.get("config", {}), reference.get("config", {})
+    for setting, first, second in config_differences(
+        *configs, free=FREE_SETTINGS, defaults=defaults
+    ):
+        differences.append(f"{setting}: {first} vs {second}")
     return differences
 
 

@@ -18,7 +18,9 @@ On a busy machine fewer threads are often faster: `benchmarks/README.md`, "The r
 from __future__ import annotations
 
 import os
+import platform
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -77,3 +79,15 @@ class Runtime:
         if torch.get_num_threads() != count:
             torch.set_num_threads(count)
         return count, source
+
+
+def cpu_model() -> str:
+    """The CPU's model name (`/proc/cpuinfo`), else what `platform` knows: trained numbers move in
+    their last digits between CPUs, so measurements and calibrations record it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -33,6 +33,7 @@ from twostage.pipeline.stages import (
     train_simulator,
 )
 from twostage.pipeline.training import resolve_device
+from twostage.report import config_differences
 from twostage.results import RESULT_COLUMNS
 from twostage.runtime import Runtime
 
@@ -244,18 +245,6 @@ def folder_config(out_dir: Path) -> dict | None:
     return None
 
 
-def setting_differences(first: dict, second: dict, prefix: str = "") -> list[str]:
-    """`name: a vs b` for each leaf setting that differs between two `to_dict()` configs."""
-    lines = []
-    for name in sorted(set(first) | set(second)):
-        a, b = first.get(name), second.get(name)
-        if isinstance(a, dict) and isinstance(b, dict):
-            lines += setting_differences(a, b, f"{prefix}{name}.")
-        elif a != b and not (isinstance(a, list | tuple) and list(a) == list(b or [])):
-            lines.append(f"{prefix}{name}: {a} vs {b}")
-    return lines
-
-
 def check_out_dir(out_dir: str | Path, config: ExperimentConfig) -> Path:
     """Refuse, before any work, an output folder that cannot take this run's files: a path that
     is a file (or under one), or a folder holding runs of another configuration."""
@@ -269,11 +258,12 @@ def check_out_dir(out_dir: str | Path, config: ExperimentConfig) -> Path:
     stored = folder_config(out_dir)
     if stored is None:
         return out_dir
-    mine = config.to_dict()
-    for name in FREE_SETTINGS:
-        mine.pop(name, None)
-        stored.pop(name, None)
-    differences = setting_differences(stored, mine)
+    differences = [
+        f"{name}: {there} vs {here}"
+        for name, there, here in config_differences(
+            stored, config.to_dict(), free=FREE_SETTINGS, defaults=ExperimentConfig().to_dict()
+        )
+    ]
     if differences:
         raise ConfigError(
             f"output folder {out_dir} holds runs of another configuration ("
