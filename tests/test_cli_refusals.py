@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from tiny import env
 
+from twostage.errors import ConfigError
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -164,3 +166,17 @@ def test_a_run_whose_reader_goes_away_ends_quietly(tmp_path: Path, tiny_world: P
     )
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
     assert result.stdout.startswith("[simulator]")
+
+
+def test_a_folder_of_an_older_version_with_the_same_settings_is_taken(tmp_path: Path):
+    """A committed run.json predates settings (`simulator.val_rows`) and still holds runtime
+    settings (`threads`, `world.chunk_users`): the same configuration, so not refused."""
+    from twostage.pipeline.config import config_from_dict, with_overrides
+    from twostage.pipeline.experiment import check_out_dir
+
+    folder = tmp_path / "older"
+    shutil.copytree(ROOT / "results" / "ml-100k", folder)
+    config = config_from_dict(json.loads((folder / "run.json").read_text())["config"])
+    assert check_out_dir(folder, config) == folder
+    with pytest.raises(ConfigError, match="candidates.alpha: 0.001 vs 0.5"):
+        check_out_dir(folder, with_overrides(config, {"candidates": {"alpha": 0.5}}))

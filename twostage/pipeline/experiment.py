@@ -231,6 +231,8 @@ RUN_CONFIG = "config.json"  # in OUT/runs/: the configuration whose runs the fol
 # Settings a folder's runs may differ in: each run is keyed by its method and seed, and the
 # device type is part of every stage key, so runs of another device are recomputed, never mixed.
 FREE_SETTINGS = ("seeds", "methods", "device")
+# Runtime settings older runs kept in their config; they never changed a result.
+LEGACY_RUNTIME_SETTINGS = ("threads", "world.chunk_users")
 
 
 def folder_config(out_dir: Path) -> dict | None:
@@ -261,7 +263,10 @@ def check_out_dir(out_dir: str | Path, config: ExperimentConfig) -> Path:
     differences = [
         f"{name}: {there} vs {here}"
         for name, there, here in config_differences(
-            stored, config.to_dict(), free=FREE_SETTINGS, defaults=ExperimentConfig().to_dict()
+            stored,
+            config.to_dict(),
+            free=FREE_SETTINGS + LEGACY_RUNTIME_SETTINGS,
+            defaults=ExperimentConfig().to_dict(),
         )
     ]
     if differences:
