@@ -77,8 +77,11 @@ def test_two_processes_sharing_a_cache_do_not_corrupt_it(tiny_world: Path, tmp_p
 
 def test_the_paper_settings_keep_the_cache_keys_of_older_versions():
     cpu = torch.device("cpu")
-    # The key the previous version gave the paper's simulator: caches and runs stay valid.
-    assert stage_key("simulator", SimulatorConfig(), "fingerprint", cpu) == "7f267c1da90ba454"
+    # The key older versions gave the paper's simulator under the paper's stop rule (their
+    # default): their caches and runs stay valid. The default now follows the authors' code.
+    old = SimulatorConfig(early_stop="run")
+    assert stage_key("simulator", old, "fingerprint", cpu) == "7f267c1da90ba454"
+    assert stage_key("simulator", SimulatorConfig(), "fingerprint", cpu) != "7f267c1da90ba454"
     smoke = profile_config("smoke").simulator
     assert smoke.val_rows is not None
     assert stage_key("simulator", smoke, "fingerprint", cpu) != "45d75c0fae85d77e"  # the old one
