@@ -68,6 +68,7 @@ def place(tmp_path: Path) -> dict:
         ),
         (["reproduce", "--profile", "smoke", "--seeds", "0"], ["--seeds", "0-0"]),
         (["reproduce", "--profile", "smoke", "--threads", "-3"], ["--threads", "≥ 0"]),
+        (["reproduce", "--profile", "smoke", "--jobs", "0"], ["--jobs", "≥ 1"]),
         (["reproduce", "--dataset", "/no/such/dir"], ["/no/such/dir", "no such directory"]),
         (["reproduce", "--dataset", "ml-2m"], ["Unknown dataset 'ml-2m'"]),
         (["reproduce", "--profile", "smoke", "--out", "a-file"], ["a-file", "is a file"]),

@@ -82,3 +82,50 @@ def test_a_bandit_log_with_bad_propensities_is_refused_naming_the_row(bad, tiny_
     log = dataclasses.replace(prepared.log, propensities=propensities)
     with pytest.raises(NumericsError, match="bandit log: impression 7 .*expected a probability"):
         make_context(prepared.data, prepared.world, log, prepared.ranker, config, prepared.device)
+
+
+def test_parallel_jobs_give_the_serial_results_and_resume(tiny_world: Path, tmp_path: Path):
+    from twostage.pipeline import experiment
+    from twostage.runtime import Runtime
+
+    config = tiny_config(tiny_world)
+    before = torch.get_num_threads()
+    try:
+        prepared = prepare(config, cache=StageCache(tmp_path / "cache"), verbose=False)
+        torch.set_num_threads(1)
+        serial = run_all(prepared, config, tmp_path / "serial", verbose=False)
+        # One run stored beforehand: the pool trains only the other five, and keeps that one.
+        (tmp_path / "parallel" / "runs").mkdir(parents=True)
+        for suffix in (".json", ".pt"):
+            name = f"ips-seed1{suffix}"
+            (tmp_path / "parallel" / "runs" / name).write_bytes(
+                (tmp_path / "serial" / "runs" / name).read_bytes()
+            )
+        kept = tmp_path / "parallel" / "runs" / "ips-seed1.json"
+        stamp = kept.stat().st_mtime_ns
+        runtime = Runtime(threads=2, jobs=2)
+        parallel = run_all(prepared, config, tmp_path / "parallel", verbose=False, runtime=runtime)
+    finally:
+        torch.set_num_threads(before)
+    assert parallel.to_csv(index=False) == serial.to_csv(index=False)
+    assert kept.stat().st_mtime_ns == stamp
+    for run in (tmp_path / "serial" / "runs").glob("*-seed*.json"):
+        stored = json.loads((tmp_path / "parallel" / "runs" / run.name).read_text())
+        assert stored["key"] == json.loads(run.read_text())["key"]
+        assert (tmp_path / "parallel" / "runs" / run.name).with_suffix(".pt").is_file()
+    assert not experiment._SHARED  # the workers' view of the stages is not kept alive
+
+
+def test_jobs_are_refused_where_workers_cannot_run():
+    from twostage.errors import ConfigError
+    from twostage.pipeline.experiment import check_jobs
+    from twostage.runtime import Runtime
+
+    with pytest.raises(ConfigError, match="runtime.jobs must be ≥ 1"):
+        Runtime(jobs=0)
+    with pytest.raises(ConfigError, match="CPU only"):
+        check_jobs(Runtime(jobs=2), torch.device("cuda"))
+    check_jobs(Runtime(jobs=1), torch.device("cuda"))  # one job: nothing to fork
+    assert Runtime(threads=2, jobs=2).threads_per_job() == 1
+    assert Runtime(threads=1, jobs=4).threads_per_job() == 1
+    assert Runtime(threads=8, jobs=3).threads_per_job() == 2

@@ -22,7 +22,7 @@ def test_runtime_settings_are_not_experiment_settings():
     names = {f.name for f in dataclasses.fields(ExperimentConfig)}
     world = {f.name for f in dataclasses.fields(WorldConfig)}
     assert "threads" not in names and "chunk_users" not in world
-    assert {f.name for f in dataclasses.fields(Runtime)} == {"threads", "chunk_users"}
+    assert {f.name for f in dataclasses.fields(Runtime)} == {"threads", "chunk_users", "jobs"}
 
 
 def test_runtime_refuses_what_cannot_work():

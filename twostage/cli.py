@@ -65,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
         "every core; 1 is often fastest for these small models on a busy CPU)",
     )
     experiment.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs trained at once, each in a worker process with threads/jobs threads "
+        "(default 1; CPU only): on 2 cores, --jobs 2 gives each run one thread",
+    )
+    experiment.add_argument(
         "--cache-dir", help="stage cache (default $TWOSTAGE_CACHE or the user cache)"
     )
 
@@ -238,6 +245,7 @@ FLAGS = {
     "methods": "--methods",
     "device": "--device",
     "runtime.threads": "--threads",
+    "runtime.jobs": "--jobs",
     "candidates.alpha": "--alpha",
     "candidates.epochs": "--epochs",
     "world.cut": "--cut",
@@ -289,7 +297,7 @@ def experiment_config(args: argparse.Namespace):
 def runtime(args: argparse.Namespace):
     from twostage.runtime import Runtime
 
-    return Runtime(threads=args.threads)
+    return Runtime(threads=args.threads, jobs=args.jobs)
 
 
 def default_out(config) -> Path:

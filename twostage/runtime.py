@@ -1,9 +1,9 @@
 """How a run computes, as opposed to what it computes: settings in no cache key and no result.
 
 `ExperimentConfig` holds everything that changes results (and keys the stage cache); a `Runtime`
-holds what only changes speed or memory: torch's CPU threads and how many users are scored per
-block. The device is not here: results differ between a CPU and a GPU, so the device type is part
-of every stage's key.
+holds what only changes speed or memory: torch's CPU threads, how many runs train at once in
+worker processes, and how many users are scored per block. The device is not here: results
+differ between a CPU and a GPU, so the device type is part of every stage's key.
 
 Threads follow one rule (`Runtime.resolve_threads`), first match wins:
 
@@ -13,6 +13,11 @@ Threads follow one rule (`Runtime.resolve_threads`), first match wins:
    of a 2-core machine.
 
 On a busy machine fewer threads are often faster: `benchmarks/README.md`, "The real table".
+
+`jobs` > 1 trains that many (method, seed) runs at once, in forked worker processes that share
+the stages' tensors; the threads are split between them (`threads_per_job`). A run's numbers
+depend on its thread count, not on its neighbours: `--jobs 2 --threads 2` gives each run one
+thread, and exactly the results of `--threads 1`.
 """
 
 from __future__ import annotations
@@ -53,12 +58,15 @@ class Runtime:
 
     threads: int = 0  # torch CPU threads; 0: $OMP_NUM_THREADS, else every core (module doc)
     chunk_users: int = 256  # users per block when the world scores every user × item pair
+    jobs: int = 1  # (method, seed) runs trained at once, each in a worker process
 
     def __post_init__(self) -> None:
         if self.threads < 0:
             raise ConfigError(
                 f"runtime.threads must be ≥ 0, got {self.threads}.", "runtime.threads"
             )
+        if self.jobs < 1:
+            raise ConfigError(f"runtime.jobs must be ≥ 1, got {self.jobs}.", "runtime.jobs")
         if self.chunk_users < 1:
             raise ConfigError(
                 f"runtime.chunk_users must be ≥ 1, got {self.chunk_users}.", "runtime.chunk_users"
@@ -72,6 +80,10 @@ class Runtime:
         if from_env is not None:
             return from_env, THREADS_ENV
         return machine_cores(), THREADS_ALL
+
+    def threads_per_job(self) -> int:
+        """Each worker's torch threads when `jobs` > 1: the threads split evenly, at least one."""
+        return max(1, self.resolve_threads()[0] // self.jobs)
 
     def apply(self) -> tuple[int, str]:
         """Set torch's thread count by the rule above; return (count, where it came from)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import multiprocessing
 import platform
 import time
 from dataclasses import dataclass, field
@@ -290,44 +291,127 @@ def run_key(prepared: Prepared, config: ExperimentConfig, method: str, seed: int
     )
 
 
+def check_jobs(runtime: Runtime, device: torch.device) -> None:
+    """Refuse, before any work, `jobs` > 1 where worker processes cannot share the stages."""
+    if runtime.jobs == 1:
+        return
+    if device.type != "cpu":
+        raise ConfigError(
+            f"--jobs {runtime.jobs}: worker processes train on the CPU only (device "
+            f"{device.type}); use --jobs 1 on a GPU.",
+            "runtime.jobs",
+        )
+    if "fork" not in multiprocessing.get_all_start_methods():
+        raise ConfigError(
+            f"--jobs {runtime.jobs}: worker processes need the 'fork' start method, which this "
+            "platform lacks; use --jobs 1.",
+            "runtime.jobs",
+        )
+
+
+def _train_and_store(
+    context: Context,
+    config: ExperimentConfig,
+    device: torch.device,
+    path: Path,
+    job: tuple[str, int, str],
+    progress: tqdm | None = None,
+) -> dict:
+    """Train one run and store it at `path` (.json) and beside it (.pt); return its results."""
+    method, seed, key = job
+    start = time.perf_counter()
+    result = train_candidate_generator(
+        method, seed, context, config.candidates, device, progress=progress
+    )
+    result.update(key=key, method=method, seed=seed, seconds=round(time.perf_counter() - start, 3))
+    buffer = io.BytesIO()
+    torch.save(result.pop("state"), buffer)
+    # The model first: a finished run's .json implies its .pt.
+    atomic_write_bytes(path.with_suffix(".pt"), buffer.getvalue())
+    atomic_write_text(path, json.dumps(result))
+    return result
+
+
+# What forked workers inherit from `run_all`: set just before the pool forks, cleared after.
+_SHARED: dict[str, Any] = {}
+
+
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _worker_run(job: tuple[str, int, str]) -> tuple[tuple[str, int], dict]:
+    shared = _SHARED
+    path = shared["runs_dir"] / f"{job[0]}-seed{job[1]}.json"
+    result = _train_and_store(shared["context"], shared["config"], shared["device"], path, job)
+    return (job[0], job[1]), result
+
+
 def run_all(
-    prepared: Prepared, config: ExperimentConfig, out_dir: Path, *, verbose: bool = True
+    prepared: Prepared,
+    config: ExperimentConfig,
+    out_dir: Path,
+    *,
+    verbose: bool = True,
+    runtime: Runtime | None = None,
 ) -> pd.DataFrame:
     """Every (method, seed) run, each stored in `out_dir/runs/` as soon as it finishes:
     `<method>-seed<k>.json` (results) and `<method>-seed<k>.pt` (model state at the best epoch).
 
     A run whose file exists with the same key is not recomputed: an interrupted sweep resumes.
+    With `runtime.jobs` > 1 the runs left to do train that many at once in forked worker
+    processes, each with `runtime.threads_per_job()` threads; a kill loses only the runs in
+    flight.
     """
+    runtime = runtime or Runtime()
+    check_jobs(runtime, prepared.device)
     runs_dir = out_dir / "runs"
     check_out_dir(out_dir, config)
     runs_dir.mkdir(parents=True, exist_ok=True)
     if not (runs_dir / RUN_CONFIG).is_file():
         atomic_write_text(runs_dir / RUN_CONFIG, json.dumps(config.to_dict(), indent=2))
-    jobs = [(m, s) for m in config.methods for s in config.seeds]
-    frames = []
-    total = len(jobs) * config.candidates.epochs
-    with tqdm(total=total, desc="candidate generators", disable=not verbose) as bar:
-        for method, seed in jobs:
+    epochs = config.candidates.epochs
+    done: dict[tuple[str, int], dict] = {}
+    todo: list[tuple[str, int, str]] = []
+    for method in config.methods:
+        for seed in config.seeds:
             key = run_key(prepared, config, method, seed)
-            path = runs_dir / f"{method}-seed{seed}.json"
-            stored = _read_run(path)
+            stored = _read_run(runs_dir / f"{method}-seed{seed}.json")
             if stored is not None and stored.get("key") == key:
-                bar.update(config.candidates.epochs)
-                result = stored
+                done[method, seed] = stored
             else:
-                bar.set_postfix_str(f"{method} seed {seed}")
-                start = time.perf_counter()
-                result = train_candidate_generator(
-                    method, seed, prepared.context, config.candidates, prepared.device, progress=bar
+                todo.append((method, seed, key))
+    n_runs = len(config.methods) * len(config.seeds)
+    with tqdm(total=n_runs * epochs, desc="candidate generators", disable=not verbose) as bar:
+        bar.update(len(done) * epochs)
+        if runtime.jobs == 1 or len(todo) <= 1:
+            for job in todo:
+                bar.set_postfix_str(f"{job[0]} seed {job[1]}")
+                path = runs_dir / f"{job[0]}-seed{job[1]}.json"
+                done[job[:2]] = _train_and_store(
+                    prepared.context, config, prepared.device, path, job, progress=bar
                 )
-                result.update(
-                    key=key, method=method, seed=seed, seconds=round(time.perf_counter() - start, 3)
+        else:
+            _SHARED.update(
+                context=prepared.context, config=config, device=prepared.device, runs_dir=runs_dir
+            )
+            try:
+                workers = multiprocessing.get_context("fork").Pool(
+                    min(runtime.jobs, len(todo)),
+                    initializer=_worker_init,
+                    initargs=(runtime.threads_per_job(),),
                 )
-                buffer = io.BytesIO()
-                torch.save(result.pop("state"), buffer)
-                # The model first: a finished run's .json implies its .pt.
-                atomic_write_bytes(path.with_suffix(".pt"), buffer.getvalue())
-                atomic_write_text(path, json.dumps(result))
+                with workers:  # leaving it terminates the workers, also on an error or a kill
+                    for (method, seed), result in workers.imap_unordered(_worker_run, todo):
+                        done[method, seed] = result
+                        bar.set_postfix_str(f"{method} seed {seed} done")
+                        bar.update(epochs)
+            finally:
+                _SHARED.clear()
+    frames = []
+    for method in config.methods:
+        for seed in config.seeds:
+            result = done[method, seed]
             frame = pd.DataFrame(result["rows"])
             frame["method"], frame["seed"], frame["best_epoch"] = method, seed, result["best_epoch"]
             frames.append(frame)
@@ -360,10 +444,11 @@ def run_experiment(
     runtime = runtime or Runtime()
     validate(config)
     check_out_dir(out_dir, config)
+    check_jobs(runtime, resolve_device(config.device))
     started = time.perf_counter()
     prepared = prepare(config, cache=cache, runtime=runtime, verbose=verbose)
     start = time.perf_counter()
-    results = run_all(prepared, config, out_dir, verbose=verbose)
+    results = run_all(prepared, config, out_dir, verbose=verbose, runtime=runtime)
     prepared.timings["candidate_generators"] = time.perf_counter() - start
     atomic_write_text(out_dir / "results.csv", results.to_csv(index=False))
     atomic_write_text(
@@ -406,12 +491,16 @@ def run_metadata(
             "ratings": data.n_ratings,
         },
         "config": config.to_dict(),
-        # `threads` is what was asked (0: none), `torch_threads` what the run used, and
-        # `threads_from` which rule chose it (`twostage.runtime`).
+        # `threads` is what was asked (0: none), `torch_threads` what the stages used, and
+        # `threads_from` which rule chose it (`twostage.runtime`); `jobs` runs trained at once.
         "runtime": {
             **dataclasses.asdict(runtime),
             "torch_threads": torch.get_num_threads(),
             "threads_from": runtime.resolve_threads()[1],
+            # The candidate generators' threads: each worker's when runs train in parallel.
+            "run_threads": (
+                runtime.threads_per_job() if runtime.jobs > 1 else torch.get_num_threads()
+            ),
         },
         "package_version": twostage.__version__,
         "torch_version": torch.__version__,

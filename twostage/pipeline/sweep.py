@@ -23,6 +23,7 @@ from twostage.pipeline.config import (
     with_overrides,
     with_world_seed,
 )
+from twostage.pipeline.training import resolve_device
 from twostage.results import summary_table
 from twostage.runtime import Runtime
 
@@ -114,18 +115,20 @@ def sweep(
     verbose: bool = True,
 ) -> pd.DataFrame:
     """Run every cell of `grid` and write `OUT/sweep.csv` and one figure per factor."""
-    from twostage.pipeline.experiment import prepare, run_all
+    from twostage.pipeline.experiment import check_jobs, prepare, run_all
 
     out_dir = Path(out_dir)
     cells = [(name, value) for name, values in grid.items() for value in values]
     configs = [checked_cell_config(base, name, value) for name, value in cells]  # before any work
+    check_jobs(runtime or Runtime(), resolve_device(base.device))
     cache = StageCache(cache_dir)
     frames = []
     for (name, value), config in tqdm(
         list(zip(cells, configs, strict=True)), desc="sweep cells", disable=not verbose
     ):
         prepared = prepare(config, cache=cache, runtime=runtime, verbose=False)
-        results = run_all(prepared, config, out_dir / "cells" / f"{name}={value}", verbose=False)
+        cell_dir = out_dir / "cells" / f"{name}={value}"
+        results = run_all(prepared, config, cell_dir, verbose=False, runtime=runtime)
         table = summary_table(results)
         table.insert(0, "value", str(value))
         table.insert(0, "factor", name)
