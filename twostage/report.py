@@ -118,7 +118,8 @@ def format_summary(out_dir: str | Path) -> str:
     lines += provenance(run)
     lines += [
         f"Values in %, mean ± standard error over seeds {_seed_note(seeds)} "
-        f"({len(seeds)} per method); {SELECTION_RULE}; test users.",
+        f"({len(seeds)} per method); {SELECTION_RULE}; test users, except the reward column: "
+        "all users, the validation users included.",
         "",
     ]
 

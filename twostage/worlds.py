@@ -100,9 +100,9 @@ def format_worlds(
     seeds = sorted(values["seed"].unique())
     lines = [
         f"{len(worlds)} worlds (world seeds {', '.join(map(str, worlds))}) × {len(seeds)} seeds "
-        f"({', '.join(map(str, seeds))}); values in %; test users; the grand mean's ± is "
-        "sd(world means)/√W. Share between worlds: σ²_between / (σ²_between + σ²_within), "
-        "one-way random effects (`twostage.worlds`).",
+        f"({', '.join(map(str, seeds))}); values in %; test users (the reward: all users); the "
+        "grand mean's ± is sd(world means)/√W. Share between worlds: σ²_between / (σ²_between + "
+        "σ²_within), one-way random effects (`twostage.worlds`).",
         "",
     ]
     means = values.groupby(["world", *KEYS])["value"].mean()
