@@ -219,3 +219,18 @@ def test_the_sweep_table_names_the_metric_and_prints_percent(out: Path):
         f"{100 * first['stderr']:.1f}",
     ]
     assert not {row.split()[2] for row in rows} & set(METHODS)  # names, never codes
+
+
+def test_provenance_names_the_simulators_stop_rule():
+    run = {
+        "config": {"profile": "paper", "simulator": {"early_stop": "run"}},
+        "simulator": {"steps": 500},
+        "command": "twostage reproduce",
+    }
+    text = "\n".join(report.provenance(run))
+    assert "Simulator stop rule `run` (the paper's text), 500 steps; ratings order `file`" in text
+    run["config"]["simulator"] = {"early_stop": "authors", "ratings_order": "user"}
+    run["simulator"]["steps"] = 1876
+    text = "\n".join(report.provenance(run))
+    assert "`authors` (the authors' code), 1,876 steps; ratings order `user`" in text
+    assert "stop rule" not in "\n".join(report.provenance({"config": {}}))

@@ -80,8 +80,12 @@ def run_summary(out_dir: str | Path) -> tuple[pd.DataFrame, list[int], str]:
     return read_summary(out_dir), sorted(run["config"]["seeds"]), run.get("dataset", "?")
 
 
+STOP_RULES = {"authors": "the authors' code", "run": "the paper's text"}
+
+
 def provenance(run: dict) -> list[str]:
-    """The lines that say what produced a run: profile, command, data and versions."""
+    """The lines that say what produced a run: profile, command, data, versions and the
+    simulator's stop rule."""
     config, data = run.get("config", {}), run.get("data", {})
     profile = config.get("profile", "?")
     lines = []
@@ -101,6 +105,17 @@ def provenance(run: dict) -> list[str]:
         f"torch {run.get('torch_version', '?')}, device {run.get('device', '?')}.",
         "",
     ]
+    simulator = config.get("simulator", {})
+    if simulator:
+        # Older runs lack the setting added later: they were made with the rule then in force.
+        rule = simulator.get("early_stop", "run")
+        steps = run.get("simulator", {}).get("steps")
+        lines += [
+            f"Simulator stop rule `{rule}` ({STOP_RULES.get(rule, 'unknown rule')})"
+            + (f", {steps:,} steps" if isinstance(steps, int) else "")
+            + f"; ratings order `{simulator.get('ratings_order', 'file')}`.",
+            "",
+        ]
     return lines
 
 
