@@ -103,6 +103,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="torch CPU threads; always wins (default: $OMP_NUM_THREADS, else every core)",
     )
     parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs trained at once in worker processes, threads split between them (as "
+        "`twostage reproduce --jobs`)",
+    )
+    parser.add_argument(
         "--cached",
         metavar="DIR",
         help="reuse the stage cache in DIR and time the cached path (default: a fresh cache)",
@@ -135,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     config = with_overrides(profile_config(args.profile), overrides)
     validate(config)
     device = resolve_device(config.device)  # refuses cuda without a CUDA device, before any work
-    runtime = Runtime(threads=args.threads)
+    runtime = Runtime(threads=args.threads, jobs=args.jobs)
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     run_dir = Path(args.run_dir) if args.run_dir else scratch / "run"
@@ -224,7 +231,16 @@ def main(argv: list[str] | None = None) -> int:
         "run_seconds_median": {m: round(v, 2) for m, v in medians.items()},
         "runs_seconds_total": stage_seconds.get("candidate_generators"),
         "table_seconds": round(total, 2),
+        "jobs": args.jobs,
+        "run_threads": meta["runtime"].get("run_threads"),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        # With --jobs > 1: the largest worker's peak; pages shared with the parent since the
+        # fork count in both, so parent + jobs × this bounds the total from above.
+        "peak_rss_worker_gb": round(
+            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, 2
+        )
+        if args.jobs > 1
+        else None,
         "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
         "authors_machine": AUTHORS_MACHINE,
         "comparable_to_authors": comparable,  # the paper profile at ML-1M shape, as theirs
