@@ -100,18 +100,20 @@ def _inverse_cdf(cdf: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     torch.add(found_lo, above, out=found)
     pending = (drawn_threshold < 0).nonzero().squeeze(1) if bool(crowded.any()) else None
     if pending is not None and pending.numel() > 0:
+        # Binary search over the crowded bucket's items, by index into the flat (batch · n_items)
+        # edges, for the first item whose edge exceeds x.
         bucket = flat.index_select(0, pending)
-        lo_p = found_lo.index_select(0, pending).long()
+        offset = pending.div(n_draws, rounding_mode="floor").mul_(n_items)
+        lo_p = found_lo.index_select(0, pending).long().add_(offset)
         hi_p = lo_p + counts.view(-1).index_select(0, bucket)
         target = x.reshape(-1).index_select(0, pending)
-        offset = pending.div(n_draws, rounding_mode="floor").mul_(n_items)
         flat_edges = edges.view(-1)
         for _ in range(int((hi_p - lo_p).max()).bit_length()):
             mid = (lo_p + hi_p) >> 1
-            right = flat_edges.index_select(0, offset + mid) <= target
+            right = flat_edges.index_select(0, mid) <= target
             lo_p = torch.where(right, mid + 1, lo_p)
             hi_p = torch.where(right, hi_p, mid)
-        found.index_copy_(0, pending, lo_p)
+        found.index_copy_(0, pending, lo_p.sub_(offset))
     return found.view(batch, n_draws)
 
 
