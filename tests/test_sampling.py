@@ -11,6 +11,7 @@ from scipy import stats
 
 from twostage.errors import ConfigError, NumericsError
 from twostage.sampling import (
+    _bucket_count,
     _inverse_cdf,
     _normalised_cdf,
     distinct_mask,
@@ -96,7 +97,37 @@ def test_inverse_cdf_agrees_with_searchsorted_on_adversarial_cdfs() -> None:
     on_grid = torch.cat([cdf[:, :100], torch.arange(100).expand(6, 100) / 128.0], dim=1)
     u = torch.cat([u, on_grid.clamp(max=1 - 2.0**-53), torch.zeros(6, 1)], dim=1)
     expected = torch.searchsorted(cdf, u, right=True)
-    assert torch.equal(_inverse_cdf(cdf, u), expected)
+    assert torch.equal(_inverse_cdf(cdf, u * _bucket_count(300)), expected)
+
+
+def test_inverse_cdf_reads_a_uniform_rounded_up_to_one_as_just_below_one() -> None:
+    # Trailing zero-weight items share the last CDF entry, 1; x = m must give the last item of
+    # positive weight, as the largest float64 below 1 does, never an item past it.
+    weights = torch.tensor(
+        [[0.2, 0.5, 0.3, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0, 0.0]], dtype=torch.float64
+    )
+    cdf = _normalised_cdf(weights)
+    m = _bucket_count(5)
+    x = torch.tensor([[m, m * (1 - 2.0**-53)], [m, 0.0]], dtype=torch.float64)
+    assert _inverse_cdf(cdf, x).tolist() == [[2, 2], [1, 1]]
+
+
+def test_slate_draws_have_the_policy_as_marginal_at_the_training_size() -> None:
+    # 30 order statistics per slate (Rényi spacings): every position pooled is one draw of p.
+    n_items = 500
+    logits = torch.randn(3, n_items, generator=_gen(30)) * 2
+    logits[2, 200:] = -25.0  # many near-zero items crowd the low buckets: searched draws
+    probs = torch.softmax(logits, dim=1)
+    slates = sample_slates(probs, 4000, 30, generator=_gen(31))
+    for row in range(3):
+        counts = torch.bincount(slates[row].reshape(-1), minlength=n_items).double()
+        order = probs[row].argsort()
+        cell = (probs[row][order].double().cumsum(0) * 40).long().clamp(max=39)
+        cell_counts = torch.zeros(40, dtype=torch.float64).index_add_(0, cell, counts[order])
+        cell_probs = torch.zeros(40, dtype=torch.float64).index_add_(
+            0, cell, probs[row][order].double()
+        )
+        assert _chi_square_p_value(cell_counts, cell_probs) > 1e-4, row
 
 
 def test_same_seed_gives_same_draws() -> None:

@@ -265,27 +265,29 @@ def two_stage_ips_loss(
             _check_slates(slates, batch, n_items)
             slates = slates.long().sort(dim=2).values
         n_sets = slates.size(1)
-        logged = actions.view(batch, 1, 1)
-        # In a sorted slate the head of each run of equal items stands for one distinct item;
-        # the appended logged item is handled apart, so runs of it are dropped here.
-        others = torch.ones_like(slates, dtype=torch.bool)
-        others[..., 1:] = slates[..., 1:] != slates[..., :-1]
-        others &= slates != logged
-        flat = slates.reshape(batch, -1)
+        # In a sorted slate only the head of each run of equal items stands for a distinct item;
+        # the rest of the run goes to column n_items, which carries no odds and no coefficient.
+        slates[..., 1:].masked_fill_(slates[..., 1:] == slates[..., :-1], n_items)
+        flat = slates.view(batch, -1)
+        logged = actions.view(-1, 1)
 
         # q(a|S) = 1 / (1 + Σ_{distinct j ≠ a} exp(r_j − r_a)); an overflow to inf gives q = 0,
-        # its limit, where a shared softmax shift could give 0 / 0.
+        # its limit, where a shared softmax shift could give 0 / 0. The appended logged item is
+        # the 1, so its own odds are zeroed in case the slate holds it too.
         ranker = ranker_logits.detach().to(logits.dtype)
-        odds = (ranker - ranker.gather(1, actions.view(-1, 1))).exp()
-        odds_in_slate = torch.where(others, odds.gather(1, flat).view_as(slates), 0.0)
-        q_a = 1.0 / (1.0 + odds_in_slate.sum(dim=2))  # (batch, K)
+        odds = torch.empty(batch, n_items + 1, dtype=logits.dtype, device=logits.device)
+        torch.sub(ranker, ranker.gather(1, logged), out=odds[:, :n_items]).exp_()
+        odds[:, n_items] = 0.0
+        odds.scatter_(1, logged, 0.0)
+        q_a = 1.0 / (1.0 + odds.gather(1, flat).view_as(slates).sum(dim=2))  # (batch, K)
 
         # The loss is linear in log π, so gather its coefficients into one (batch, n_items) matrix
         # and let autograd differentiate a single dense product.
-        coef = torch.zeros_like(log_pi).scatter_add_(
-            1, flat, (q_a.unsqueeze(2) * others).view(batch, -1)
+        coef = torch.zeros_like(odds).scatter_add_(
+            1, flat, q_a.unsqueeze(2).expand_as(slates).reshape(batch, -1)
         )
-        coef *= alpha / n_sets
-        coef.scatter_add_(1, actions.view(-1, 1), q_a.mean(dim=1, keepdim=True))
-        coef *= (weights / batch).unsqueeze(1)
+        scale = (weights / batch).unsqueeze(1)
+        coef = coef[:, :n_items].mul_(scale * (alpha / n_sets))
+        # The logged item counts in the first term only.
+        coef.scatter_(1, logged, q_a.mean(dim=1, keepdim=True) * scale)
     return -(coef * log_pi).sum()

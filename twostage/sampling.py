@@ -3,8 +3,11 @@
 The two-stage IPS loss draws, for every row of a batch, `n_slates × slate_size` items with
 replacement from that row's tempered policy. `torch.multinomial` (and `torch.searchsorted`) on the
 CPU cost tens of milliseconds for the ~400k draws of one training step, so this module samples by
-inverse CDF with a guide table: each uniform first falls into one of `m` equal buckets, whose few
-candidate items are then binary-searched with batched gathers.
+inverse CDF with a guide table: each uniform first falls into one of `m` equal buckets (about one
+per item). Most buckets hold at most one CDF entry, and a draw there is settled by two table
+lookups and one comparison; only draws in buckets holding several entries (about a fifth of
+the draws for a peaked policy, almost none for a flat one) are binary-searched, with batched
+gathers.
 """
 
 from __future__ import annotations
@@ -14,8 +17,6 @@ import torch
 from twostage.errors import ConfigError, NumericsError
 
 __all__ = ["distinct_mask", "sample_categorical", "sample_slates"]
-
-_BELOW_ONE = 1.0 - 2.0**-53  # the largest float64 below 1
 
 
 def _check_count(name: str, value: object, minimum: int) -> None:
@@ -46,57 +47,75 @@ def _normalised_cdf(probs: torch.Tensor) -> torch.Tensor:
     return cdf / total
 
 
-def _inverse_cdf(cdf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """First index j with cdf[j] > u, per row.
+def _bucket_count(n_items: int) -> int:
+    """Guide-table buckets for `n_items` items: the least power of two ≥ n_items (so `u * m` is
+    exact). One bucket per item keeps the tables as small as the CDF; larger tables settle a few
+    more draws without a search but cost more to build than the search they save."""
+    return 1 << max(n_items - 1, 1).bit_length()
+
+
+def _inverse_cdf(cdf: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """First index j with cdf[j] · m > x, per row, where m = `_bucket_count(n_items)`.
 
     Args:
         cdf: (batch, n_items) float64, non-decreasing, last entry exactly 1.
-        u: (batch, n_draws) float64 in [0, 1).
+        x: (batch, n_draws) float64 uniforms scaled by m, in [0, m]; x = m (a uniform that
+            rounded up to 1) counts as the largest float64 below m.
 
     Returns:
         (batch, n_draws) long. Items of zero weight are never returned.
     """
     batch, n_items = cdf.shape
-    # At least 4 buckets per item, so most uniforms land in a bucket that no CDF entry crosses and
-    # need no search at all. A power of two makes `x * n_buckets` exact: no rounding at the edges.
-    n_buckets = 1 << (max(n_items - 1, 1).bit_length() + 2)
-    bucket_of_item = (cdf * n_buckets).long()  # in [0, n_buckets]; exact floor as cdf ≥ 0
-    # int32 tables: half the memory traffic of int64, and n_items < 2**31.
-    counts = torch.zeros(batch, n_buckets + 1, dtype=torch.int32, device=cdf.device)
-    counts.scatter_add_(1, bucket_of_item, torch.ones_like(bucket_of_item, dtype=torch.int32))
-    # below[g] = #{j : bucket_of_item[j] < g}. For u in bucket g every item of a lower bucket has
-    # cdf ≤ u and every item of a higher bucket has cdf > u, so the answer lies in
-    # [below[g], below[g] + counts[g]].
-    below = torch.empty(batch, n_buckets + 1, dtype=torch.int32, device=cdf.device)
-    below[:, 0] = 0
-    torch.cumsum(counts[:, :-1], dim=1, out=below[:, 1:])
-    bucket = (u * n_buckets).long()
-    found = below.gather(1, bucket).long()
-    width = counts.gather(1, bucket)
-    pending = width.view(-1).nonzero().squeeze(1)
-    if pending.numel() == 0:
-        return found
-    # Binary search, on the pending draws only, for the first index in [lo, hi] with cdf > u.
-    n_draws = u.size(1)
-    offset = pending.div(n_draws, rounding_mode="floor").mul_(n_items)  # row start in flat cdf
-    # index_select is much cheaper than advanced indexing on the CPU.
-    lo = found.view(-1).index_select(0, pending)
-    hi = lo + width.view(-1).index_select(0, pending)
-    target = u.reshape(-1).index_select(0, pending)
-    flat_cdf = cdf.reshape(-1)
-    for _ in range(int(width.max()).bit_length()):
-        mid = (lo + hi) >> 1
-        right = flat_cdf.index_select(0, offset + mid) <= target
-        lo = torch.where(right, mid + 1, lo)
-        hi = torch.where(right, hi, mid)
-    found.view(-1).index_copy_(0, pending, lo)
-    return found
+    n_draws = x.size(1)
+    m = _bucket_count(n_items)
+    device = cdf.device
+    edges = cdf * m  # exact: m is a power of two
+    # float64 → int32 is vectorised on the CPU, float64 → int64 is not.
+    bucket_of_item = edges.int().long()  # in [0, m]; an exact floor as edges ≥ 0
+    counts = torch.zeros(batch, m + 1, dtype=torch.int32, device=device)
+    one = torch.ones((), dtype=torch.int32, device=device)
+    counts.scatter_add_(1, bucket_of_item, one.expand(bucket_of_item.shape))
+    # lo[g] = #{j : bucket_of_item[j] < g}. For x in bucket g every item of a lower bucket has
+    # edge ≤ x and every item of a higher bucket has edge > x, so the answer lies in
+    # [lo[g], lo[g] + counts[g]]: lo[g] itself when the bucket holds no edge, lo[g] or lo[g] + 1
+    # when it holds one (the threshold), and a binary search when it holds several.
+    lo = torch.empty(batch, m + 1, dtype=torch.int32, device=device)
+    lo[:, 0] = 0
+    torch.cumsum(counts[:, :-1], dim=1, out=lo[:, 1:])
+    threshold = torch.full((batch, m + 1), torch.inf, dtype=torch.float64, device=device)
+    threshold.scatter_(1, bucket_of_item, edges)  # the edge of each one-edge bucket
+    crowded = counts > 1
+    threshold.masked_fill_(crowded, -1.0)  # marks the buckets that need a search
+    # Bucket m holds only x = m: never above its edges, and never searched, so lo[m] is the last
+    # item of positive weight, as if x were the largest float64 below m.
+    threshold[:, m] = torch.inf
 
-
-def _uniforms(
-    shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device
-) -> torch.Tensor:
-    return torch.rand(shape, generator=generator, dtype=torch.float64, device=device)
+    # Flat int32 indices into the tables halve the memory traffic of int64 where they fit.
+    index_dtype = torch.int32 if batch * (m + 1) < 2**31 else torch.long
+    row_start = torch.arange(0, batch * (m + 1), m + 1, dtype=index_dtype, device=device)
+    flat = x.to(index_dtype).add_(row_start.unsqueeze(1)).view(-1)
+    found_lo = lo.view(-1).index_select(0, flat)
+    drawn_threshold = threshold.view(-1).index_select(0, flat)
+    above = x.view(-1) >= drawn_threshold
+    found = torch.empty(batch * n_draws, dtype=torch.long, device=device)
+    torch.add(found_lo, above, out=found)
+    pending = (drawn_threshold < 0).nonzero().squeeze(1) if bool(crowded.any()) else None
+    if pending is not None and pending.numel() > 0:
+        # Binary search over the crowded bucket's items, by index into the flat (batch · n_items)
+        # edges, for the first item whose edge exceeds x.
+        bucket = flat.index_select(0, pending)
+        offset = pending.div(n_draws, rounding_mode="floor").mul_(n_items)
+        lo_p = found_lo.index_select(0, pending).long().add_(offset)
+        hi_p = lo_p + counts.view(-1).index_select(0, bucket)
+        target = x.reshape(-1).index_select(0, pending)
+        flat_edges = edges.view(-1)
+        for _ in range(int((hi_p - lo_p).max()).bit_length()):
+            mid = (lo_p + hi_p) >> 1
+            right = flat_edges.index_select(0, mid) <= target
+            lo_p = torch.where(right, mid + 1, lo_p)
+            hi_p = torch.where(right, hi_p, mid)
+        found.index_copy_(0, pending, lo_p.sub_(offset))
+    return found.view(batch, n_draws)
 
 
 def sample_categorical(
@@ -115,7 +134,10 @@ def sample_categorical(
     """
     _check_count("n_samples", n_samples, 0)
     cdf = _normalised_cdf(probs)
-    return _inverse_cdf(cdf, _uniforms((probs.size(0), n_samples), generator, probs.device))
+    x = torch.rand(
+        (probs.size(0), n_samples), generator=generator, dtype=torch.float64, device=probs.device
+    )
+    return _inverse_cdf(cdf, x.mul_(_bucket_count(probs.size(1))))
 
 
 def sample_slates(
@@ -139,17 +161,21 @@ def sample_slates(
     _check_count("n_slates", n_slates, 1)
     _check_count("slate_size", slate_size, 1)
     cdf = _normalised_cdf(probs)
-    batch = probs.size(0)
-    # Sorted uniforms without a sort (order statistics): U_(L) = V_L^(1/L) and
-    # U_(k) = U_(k+1) · V_k^(1/k), i.e. log U_(k) = Σ_{m ≥ k} log(V_m) / m.
-    inverse_rank = 1.0 / torch.arange(
-        slate_size, 0, -1, dtype=torch.float64, device=probs.device
-    )  # 1/L, …, 1/1
-    v = _uniforms((batch, n_slates, slate_size), generator, probs.device)
-    u = v.log_().mul_(inverse_rank).cumsum_(dim=2).exp_().flip(2)  # ascending
-    # exp of a sum within 1e-16 of zero rounds to 1.0; keep every draw in [0, 1).
-    u = u.clamp_(max=_BELOW_ONE)
-    return _inverse_cdf(cdf, u.view(batch, -1)).view(batch, n_slates, slate_size)
+    batch, n_items = probs.shape
+    m = _bucket_count(n_items)
+    # Sorted uniforms without a sort (Rényi): with E_1 … E_{L+1} i.i.d. exponential and
+    # S_k = E_1 + … + E_k, (S_1, …, S_L) / S_{L+1} are the L order statistics of L uniforms.
+    # 1 − V lies in (0, 1], so every log is finite.
+    v = torch.rand(
+        (batch, n_slates, slate_size + 1),
+        generator=generator,
+        dtype=torch.float64,
+        device=probs.device,
+    )
+    sums = torch.rsub(v, 1.0).log_().cumsum_(dim=2)  # −S_k, all ≤ 0
+    # Ascending, in [0, m]: S_L / S_{L+1} rounds to 1 when E_{L+1} is tiny (see `_inverse_cdf`).
+    x = sums[..., :slate_size] * (m / sums[..., slate_size:])
+    return _inverse_cdf(cdf, x.view(batch, -1)).view(batch, n_slates, slate_size)
 
 
 def distinct_mask(slates: torch.Tensor) -> torch.Tensor:
