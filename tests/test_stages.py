@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -166,6 +167,18 @@ def test_the_world_is_the_simulators_plain_forward_cut_into_labels(tiny_world: P
     assert torch.equal(whole.labels[sure], world.labels[sure])
     sure = (world.probabilities_at_mean - world.cut).abs() > 1e-5
     assert torch.equal(whole.truth[sure], world.truth[sure])
+
+
+def test_a_built_world_reports_its_flop_rate_and_a_cached_one_does_not(
+    tiny_world: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    config = tiny_config(tiny_world)
+    prepare(config, cache=StageCache(tmp_path), verbose=True)
+    built = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[world]")]
+    prepare(config, cache=StageCache(tmp_path), verbose=True)
+    cached = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[world]")]
+    assert re.match(r"\[world\] built [0-9.]+s \([0-9]+ GFLOP/s\) · ", built[0])
+    assert cached[0].startswith("[world] cached") and "GFLOP/s" not in cached[0]
 
 
 def _rule(tiny_world: Path, rule: str, **settings) -> dict:
