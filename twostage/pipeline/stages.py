@@ -219,7 +219,9 @@ def build_world(
     mean, std = user_timestamp_moments(data)
     # One call draws the same stream as the paper's per-user calls, in the same order.
     noise = numpy_rng(config.seed).normal(size=(data.n_users, data.n_items))
-    timestamps = torch.from_numpy((noise * std[:, None] + mean[:, None]).astype(np.float32))
+    noise *= std[:, None]  # in place: the same numbers without two more 190 MB temporaries
+    noise += mean[:, None]
+    timestamps = torch.from_numpy(noise.astype(np.float32))
     mean_timestamps = timestamps.mean(dim=1)
     probabilities = torch.empty(data.n_users, data.n_items)
     at_mean = torch.empty(data.n_users, data.n_items)
