@@ -15,9 +15,11 @@ from torch.nn import functional as F
 
 from twostage.data.movielens import Catalog
 
-# Pairs per block of `ImpressionSimulator.probabilities_all` on the CPU: a block's activations
-# (≈ 600 bytes a pair) then fit a core's L2/L3 share; larger blocks ran at half the FLOP rate.
-PAIRS_PER_BLOCK = 8192
+# Pairs per block of `ImpressionSimulator.probabilities_from_parts` on the CPU (whole users, at
+# least one): a block's activations, ≈ 600 bytes a pair, then stay in a core's cache. On the
+# 2-core machine, one ML-1M user a block (3,883 pairs) was fastest; 4 to 32 users ran at 60-75%
+# of its rate with one thread.
+PAIRS_PER_BLOCK = 4096
 
 
 class ItemRepresentation(nn.Module):
