@@ -15,10 +15,11 @@ from torch.nn import functional as F
 
 from twostage.data.movielens import Catalog
 
-# Pairs per block of `ImpressionSimulator.probabilities_from_parts` on the CPU (whole users, at
-# least one): a block's activations, ≈ 600 bytes a pair, then stay in a core's cache. On the
-# 2-core machine, one ML-1M user a block (3,883 pairs) was fastest; 4 to 32 users ran at 60-75%
-# of its rate with one thread.
+# Pairs per torch thread in a block of `ImpressionSimulator.probabilities_from_parts` on the
+# CPU (whole users, at least one): a thread's share of the activations, ≈ 600 bytes a pair, then
+# stays in its core's cache. On the 2-core machine with one thread, one ML-1M user a block (3,883
+# pairs) was fastest, 4 to 32 users ran at 60-75% of its rate; with two threads on a busy
+# machine, smaller blocks lose more to the threads waiting for each other at every operation.
 PAIRS_PER_BLOCK = 4096
 
 
@@ -159,7 +160,7 @@ class ImpressionSimulator(_CatalogModel):
         written into `out` (a contiguous (b, n_items) tensor) when given.
 
         On the CPU the pairs go through the MLP `block_users` users at a time (default: about
-        `PAIRS_PER_BLOCK` pairs), so that a block's (block · n_items, 100) and
+        `PAIRS_PER_BLOCK` pairs a torch thread), so that a block's (block · n_items, 100) and
         (block · n_items, 50) activations stay in cache from the broadcast sum through the GEMM
         and the ReLUs, done in place in buffers reused from block to block; on other devices
         all `b` users form one block. The blocks change only the rounding (how BLAS's
@@ -178,7 +179,8 @@ class ImpressionSimulator(_CatalogModel):
         second, third = self.rest[1], self.rest[3]
         if block_users is None:
             on_cpu = item_part.device.type == "cpu"
-            block_users = max(1, PAIRS_PER_BLOCK // n_items) if on_cpu else n_users
+            pairs = PAIRS_PER_BLOCK * torch.get_num_threads()
+            block_users = max(1, pairs // n_items) if on_cpu else n_users
         block_users = max(1, min(block_users, n_users))
         hidden = torch.empty(block_users, n_items, item_part.shape[1], **like)
         hidden2 = torch.empty(block_users * n_items, second.out_features, **like)
