@@ -18,8 +18,9 @@ from twostage.data.movielens import Catalog
 # Pairs per torch thread in a block of `ImpressionSimulator.probabilities_from_parts` on the
 # CPU (whole users, at least one): a thread's share of the activations, ≈ 600 bytes a pair, then
 # stays in its core's cache. On the 2-core machine with one thread, one ML-1M user a block (3,883
-# pairs) was fastest, 4 to 32 users ran at 60-75% of its rate; with two threads on a busy
-# machine, smaller blocks lose more to the threads waiting for each other at every operation.
+# pairs) was fastest, 4 to 32 users ran at 60-75% of its rate. With two threads on a busy
+# machine every operation waits for a descheduled thread: there 2-user blocks ran at 2 GFLOP/s,
+# 32-user blocks at 14 (the old 256-user path at 5); a quiet machine has not been measured yet.
 PAIRS_PER_BLOCK = 4096
 
 
