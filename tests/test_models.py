@@ -90,6 +90,43 @@ def test_simulator_accepts_one_timestamp_per_pair(catalog: Catalog):
     )
 
 
+@pytest.mark.parametrize("per_pair", [True, False], ids=["pair times", "user times"])
+def test_blocked_probabilities_are_the_plain_forwards(per_pair: bool):
+    catalog = random_catalog(n_users=9, n_items=13)
+    torch.manual_seed(0)
+    model = ImpressionSimulator(catalog)
+    with torch.no_grad():
+        model.rest[3].weight.mul_(30)  # a wide spread of probabilities, as a trained simulator
+    g = torch.Generator().manual_seed(1)
+    users = torch.tensor([4, 0, 8, 8, 2, 5, 1])
+    times = torch.rand(7, 13, generator=g) if per_pair else torch.rand(7, generator=g)
+    pair_times = times if per_pair else times[:, None].expand(-1, 13)
+    with torch.no_grad():
+        plain = torch.sigmoid(
+            model(users.repeat_interleave(13), torch.arange(13).repeat(7), pair_times.reshape(-1))
+        ).view(7, 13)
+    assert plain.std() > 0.02
+    parts = model.first_layer_parts(users)
+    # blocks of one user, of some users with a ragged last block, of all users
+    blocked = [
+        model.probabilities_from_parts(*parts, times, block_users=size) for size in (1, 3, 7)
+    ]
+    for result in blocked:
+        torch.testing.assert_close(result, plain, atol=1e-6, rtol=0)
+    out = torch.full((7, 13), float("nan"))
+    assert model.probabilities_all(users, times, out=out) is out
+    torch.testing.assert_close(out, plain, atol=1e-6, rtol=0)
+
+
+def test_blocked_probabilities_refuse_an_out_they_cannot_fill(catalog: Catalog):
+    model = ImpressionSimulator(catalog)
+    users, times = torch.arange(3), torch.rand(3)
+    with pytest.raises(ValueError, match="contiguous"):
+        model.probabilities_all(users, times, out=torch.empty(catalog.n_items, 3).T)
+    with pytest.raises(ValueError, match="contiguous"):
+        model.probabilities_all(users, times, out=torch.empty(2, catalog.n_items))
+
+
 @pytest.mark.parametrize("model_class", [ImpressionSimulator, Nominator, Ranker])
 def test_gradients_reach_every_representation(model_class, catalog: Catalog):
     model = model_class(catalog)

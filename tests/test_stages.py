@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,64 @@ def test_the_world_reports_its_progress_in_users(tiny_world: Path):
     with tqdm(total=data.n_users, file=io.StringIO()) as bar:
         build_world(data, state, WorldConfig(), torch.device("cpu"), chunk_users=32, progress=bar)
         assert bar.n == data.n_users
+
+
+def test_the_world_is_the_simulators_plain_forward_cut_into_labels(tiny_world: Path):
+    from twostage.data import load_movielens
+    from twostage.models import ImpressionSimulator
+    from twostage.pipeline.config import WorldConfig
+    from twostage.pipeline.stages import build_world
+    from twostage.pipeline.training import load_model
+
+    data, cpu = load_movielens(str(tiny_world)), torch.device("cpu")
+    state = _simulator(tiny_world).state
+    world = build_world(data, state, WorldConfig(), cpu, chunk_users=7)
+    model = load_model(ImpressionSimulator, data.catalog, state, cpu)
+    n_users, n_items = world.probabilities.shape
+    users = torch.arange(n_users).repeat_interleave(n_items)
+    items = torch.arange(n_items).repeat(n_users)
+    with torch.no_grad():
+        plain = torch.sigmoid(model(users, items, world.timestamps.reshape(-1)))
+        at_mean = torch.sigmoid(model(users, items, world.mean_timestamps[users]))
+    plain, at_mean = plain.view(n_users, n_items), at_mean.view(n_users, n_items)
+    torch.testing.assert_close(world.probabilities, plain, atol=1e-5, rtol=0)
+    torch.testing.assert_close(world.probabilities_at_mean, at_mean, atol=1e-5, rtol=0)
+    assert world.probabilities.std() > 0.01  # the pairs' probabilities differ
+    assert torch.equal(world.labels, world.probabilities >= world.cut)
+    assert torch.equal(world.truth, world.probabilities_at_mean > world.cut)
+    # the plain forward's labels differ at most where a probability is within rounding of the cut
+    sure = (plain - world.cut).abs() > 1e-5
+    assert torch.equal(world.labels[sure], (plain >= world.cut)[sure])
+    sure = (at_mean - world.cut).abs() > 1e-5
+    assert torch.equal(world.truth[sure], (at_mean > world.cut)[sure])
+    # the same seed draws the same world; other chunks of users change only the rounding
+    fields = ("timestamps", "probabilities", "probabilities_at_mean", "labels", "truth", "cut")
+    again = build_world(data, state, WorldConfig(), cpu, chunk_users=7)
+    for field in fields:
+        same = torch.as_tensor(getattr(world, field)), torch.as_tensor(getattr(again, field))
+        assert torch.equal(*same), field
+    whole = build_world(data, state, WorldConfig(), cpu, chunk_users=n_users)
+    torch.testing.assert_close(whole.probabilities, world.probabilities, atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        whole.probabilities_at_mean, world.probabilities_at_mean, atol=1e-6, rtol=0
+    )
+    assert whole.cut == pytest.approx(world.cut, abs=1e-6)
+    sure = (world.probabilities - world.cut).abs() > 1e-5
+    assert torch.equal(whole.labels[sure], world.labels[sure])
+    sure = (world.probabilities_at_mean - world.cut).abs() > 1e-5
+    assert torch.equal(whole.truth[sure], world.truth[sure])
+
+
+def test_a_built_world_reports_its_flop_rate_and_a_cached_one_does_not(
+    tiny_world: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    config = tiny_config(tiny_world)
+    prepare(config, cache=StageCache(tmp_path), verbose=True)
+    built = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[world]")]
+    prepare(config, cache=StageCache(tmp_path), verbose=True)
+    cached = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[world]")]
+    assert re.match(r"\[world\] built [0-9.]+s \([0-9]+ GFLOP/s\) · ", built[0])
+    assert cached[0].startswith("[world] cached") and "GFLOP/s" not in cached[0]
 
 
 def _rule(tiny_world: Path, rule: str, **settings) -> dict:

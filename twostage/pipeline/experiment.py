@@ -116,8 +116,15 @@ def prepare(
             )
 
     world = stage("world", config.world, keys["simulator"], world_build)
+    rate = ""
+    if not cached["world"]:
+        # A pair's multiply-adds after the first layer (a broadcast sum in the world stage),
+        # two passes (sampled and mean timestamps), 2 FLOPs a multiply-add.
+        per_pair = sum(simulator.state[k].numel() for k in ("rest.1.weight", "rest.3.weight"))
+        flops = 2 * 2 * world.labels.numel() * per_pair
+        rate = f" ({flops / max(timings['world'], 1e-9) / 1e9:.0f} GFLOP/s)"
     _say(
-        f"[world] {_src(cached, 'world')} {timings['world']:.1f}s · "
+        f"[world] {_src(cached, 'world')} {timings['world']:.1f}s{rate} · "
         f"{world.labels.numel():,} pairs · cut {world.cut:.6f} ({world.cut_rule}) · "
         f"positive share {world.positive_share:.3f}",
         verbose,
