@@ -224,7 +224,12 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_before": load_before,  # 1, 5 and 15 minutes
         "load_average_after": load_after,  # includes this benchmark's own load
         "quiet_before": bool(load_before and load_before[0] <= QUIET_LOAD),
-        "stage_cache": "reused: " + str(cache_dir) if args.cached else "fresh",
+        # --cached names a folder; the stages are built there unless it holds them already.
+        "stage_cache": (
+            ("reused: " if any(meta["stage_cached"].values()) else "built in: ") + str(cache_dir)
+        )
+        if args.cached
+        else "fresh",
         "stage_cached": meta["stage_cached"],
         "stage_seconds": {s: stage_seconds[s] for s in STAGES},
         "run_seconds": run_seconds,
