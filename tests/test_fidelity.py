@@ -193,3 +193,8 @@ def test_a_folder_that_is_not_their_checkout_is_refused(tmp_path: Path, capsys) 
     with pytest.raises(SystemExit):
         cc.parse_args([str(tmp_path), "--dataset", str(tmp_path)])
     assert "missing run.py" in capsys.readouterr().err
+
+
+def test_the_book_shows_the_edit_list_the_harness_applies() -> None:
+    page = Path(__file__).resolve().parents[1] / "book" / "fidelity.md"
+    assert cc.edits_markdown() in page.read_text(encoding="utf-8")
