@@ -252,6 +252,46 @@ def bandit_log():
 '''
 
 
+# Run in their copy: their evaluator's truth (Evaluator.get_target_rankings, their simulator
+# code on the exported weights) against the exported World.truth, pair by pair.
+TRUTH_CHECK = """
+import json, numpy as np, torch
+torch.set_num_threads(1)
+import twostage_world
+from metric import Evaluator
+from model import ImpressionSimulator
+syn = twostage_world.ExportedWorld(device="cpu")
+sim = ImpressionSimulator(use_impression_feats=True)
+sim.load_state_dict(torch.load(twostage_world.DIR + "/simulator.pt"))
+sim.eval()
+u, a, p, r = twostage_world.bandit_log()
+truth = np.load(twostage_world.DIR + "/world.npz")["truth"]
+theirs = np.zeros_like(truth)
+for i, items in enumerate(Evaluator(u[r > 0], a[r > 0], sim, syn).target_rankings):
+    theirs[i, items] = True
+differ = theirs != truth
+print(json.dumps({"pairs": int(truth.size), "positive_ours": int(truth.sum()),
+                  "positive_theirs": int(theirs.sum()), "differing_pairs": int(differ.sum()),
+                  "differing_users": int(differ.any(1).sum())}))
+"""
+
+
+def check_truth(copy: Path, export: Path) -> dict:
+    """Count the pairs where their evaluator's truth and the exported `World.truth` differ."""
+    env = {
+        **os.environ,
+        ENV_WORLD: str(export.resolve()),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(copy),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", TRUTH_CHECK], cwd=copy, env=env, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise CrossCheckError(f"the truth check in {copy} failed:\n" + done.stderr[-3000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def prepare_authors_copy(checkout: Path, dest: Path) -> Path:
     """A fresh copy of the authors' checkout in `dest` with `EDITS` applied, the added module
     written, their shipped ML-1M weights removed and `results/` created. Returns `dest`."""
@@ -663,6 +703,7 @@ def main(argv: list[str] | None = None) -> int:
     load_export(export)  # what their code will read is what the manifest says
     copy = prepare_authors_copy(args.authors, args.work / "authors")
     args.out.mkdir(parents=True, exist_ok=True)
+    manifest["truth_check"] = check_truth(copy, export)
     (args.out / "world.json").write_text(
         json.dumps(
             {
@@ -675,6 +716,7 @@ def main(argv: list[str] | None = None) -> int:
                     "config",
                     "stage_keys",
                     "content_hash",
+                    "truth_check",
                 )
             },
             indent=2,
