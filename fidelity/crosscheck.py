@@ -613,7 +613,16 @@ def summary_markdown(table: pd.DataFrame, runs: pd.DataFrame, commands: list[str
             f"{cell(r.authors_mean, r.authors_se, r.authors_n)} | "
             f"{cell(r.ours_mean, r.ours_se, r.ours_n)} | {diff} | {ratio} |"
         )
-    times = runs.drop_duplicates(["side", "method", "seed"]).groupby(["side", "method"])["seconds"]
+    per_run = runs.drop_duplicates(["side", "method", "seed"])
+    epochs = per_run.groupby(["method", "side"], sort=False)["best_epoch"]
+    lines += [
+        "",
+        "Best validation epoch (0-based, of 20) per run: "
+        + "; ".join(
+            f"{METHOD_LABEL.get(m, m)} {s} {sorted(int(e) for e in v)}" for (m, s), v in epochs
+        ),
+    ]
+    times = per_run.groupby(["side", "method"])["seconds"]
     lines += [
         "",
         "Seconds per run (one CPU thread): "
@@ -658,6 +667,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ratings-order", default="user", choices=("file", "user"))
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per authors' run")
+    parser.add_argument(
+        "--summarize", action="store_true", help="only rewrite the tables from OUT/runs.csv"
+    )
     args = parser.parse_args(argv)
     try:
         args.seeds = parse_seeds(args.seeds)
@@ -682,6 +694,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    commands_path = args.out / "commands.json"
+    if args.summarize:
+        if not (args.out / "runs.csv").is_file():
+            raise CrossCheckError(f"--summarize: {args.out / 'runs.csv'} does not exist.")
+        commands = json.loads(commands_path.read_text()) if commands_path.is_file() else []
+        write_outputs(args.out, pd.read_csv(args.out / "runs.csv"), commands)
+        return 0
     from twostage.pipeline.cache import StageCache
     from twostage.pipeline.config import profile_config, with_overrides
     from twostage.pipeline.experiment import prepare
@@ -728,6 +747,7 @@ def main(argv: list[str] | None = None) -> int:
         f"(their side, in the edited copy) {ENV_WORLD}=<export> OMP_NUM_THREADS=1 "
         "python run.py --loss_type {loss_ce|loss_ips|loss_2s} --seed S --device cpu",
     ]
+    commands_path.write_text(json.dumps(commands, indent=2), encoding="utf-8")
     runs_path = args.out / "runs.csv"
     runs = pd.read_csv(runs_path) if runs_path.is_file() else pd.DataFrame(columns=RUN_COLUMNS)
     for seed in args.seeds:

@@ -170,6 +170,7 @@ def test_summary_counts_means_and_standard_errors() -> None:
     assert math.isnan(row.ours_se) and row["diff"] == pytest.approx(0.3)
     text = cc.summary_markdown(table, runs, ["cmd"])
     assert "(n=2)" in text and "50.00 (n=1)" in text
+    assert "CE authors [1, 1]" in text  # each run's best epoch, per side
 
 
 @pytest.mark.parametrize(
@@ -198,3 +199,19 @@ def test_a_folder_that_is_not_their_checkout_is_refused(tmp_path: Path, capsys) 
 def test_the_book_shows_the_edit_list_the_harness_applies() -> None:
     page = Path(__file__).resolve().parents[1] / "book" / "fidelity.md"
     assert cc.edits_markdown() in page.read_text(encoding="utf-8")
+
+
+def test_summarize_rewrites_the_tables_from_runs_csv(tmp_path: Path) -> None:
+    checkout = _fake_checkout(tmp_path / "authors")
+    out = tmp_path / "out"
+    base = [str(checkout), "--dataset", str(tmp_path), "--out", str(out), "--summarize"]
+    with pytest.raises(cc.CrossCheckError, match="runs.csv does not exist"):
+        cc.main(base)
+    out.mkdir()
+    rows = cc.result_rows("authors", "2s", 0, _result(0.25), 3.0)
+    rows += cc.result_rows("ours", "2s", 0, _result(0.75), 1.0)
+    pd.DataFrame(rows).to_csv(out / "runs.csv", index=False)
+    assert cc.main(base) == 0
+    table = pd.read_csv(out / "summary.csv")
+    assert set(table.method) == {"2-IPS"} and table["diff"].tolist() == [0.5] * 4
+    assert "`bandit-log`" in (out / "edits.md").read_text()
