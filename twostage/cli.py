@@ -208,8 +208,8 @@ resumes), then OUT/summary.md, summary.csv, run.json and figures/.
 
 Profiles:
   paper  the paper's protocol: CE, 1-IPS and 2-IPS x 20 seeds, on ML-1M unless --dataset
-         says otherwise. On a 2-core CPU with --threads 2: ML-100K about 9 min, the
-         ML-1M-shaped synthetic world (and ML-1M) about an hour.
+         says otherwise. On a 2-core CPU with --threads 2: ML-100K about 10 min, the
+         ML-1M-shaped synthetic world (and ML-1M) about an hour; --jobs 2 is faster.
   smoke  3 seeds and short schedules on the small synthetic world (synthetic-small) unless
          --dataset is given: about 15 s (3 min on --dataset synthetic). A check that
          everything runs, not a result.
