@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -100,3 +101,20 @@ def test_bad_world_seeds_are_refused(tmp_path: Path, tiny_world: Path, value: st
     done = subprocess.run(command, env=env(), capture_output=True, text=True)
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
+def test_a_committed_multi_world_folder_is_summarized_from_its_worlds_csv(tmp_path: Path):
+    """Committed folders keep `worlds.csv` and each world's summary, not every epoch's rows."""
+    from twostage.pipeline.api import summarize
+
+    committed = Path(__file__).resolve().parents[1] / "results" / "worlds-ml-100k"
+    folder = tmp_path / "worlds"
+    shutil.copytree(committed, folder)
+    assert not list(folder.glob("world-*/results.csv"))
+    (folder / "summary.md").unlink()
+    text = summarize(folder)
+    assert text == (committed / "summary.md").read_text()
+    assert "over 5 worlds — ml-100k" in text.splitlines()[0]
+    assert (folder / "worlds_summary.csv").read_text() == (
+        committed / "worlds_summary.csv"
+    ).read_text()

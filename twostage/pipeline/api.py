@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 from tqdm.auto import tqdm
 
 from twostage import report, worlds
@@ -92,16 +93,21 @@ def summarize_worlds(out_dir: str | Path) -> str:
     """(Re)write a multi-world folder's tables and `summary.md` from its worlds' results."""
     out_dir = Path(out_dir)
     meta = json.loads((out_dir / WORLDS_FILE).read_text())
-    results = {w: load_results(world_dir(out_dir, w)) for w in meta["world_seeds"]}
-    values = worlds.world_values(results)
+    dirs = [world_dir(out_dir, w) for w in meta["world_seeds"]]
+    if all((d / "results.csv").is_file() for d in dirs):
+        results = {w: load_results(d) for w, d in zip(meta["world_seeds"], dirs, strict=True)}
+        values = worlds.world_values(results)
+        dataset = next(iter(results.values()))["dataset"].iloc[0]
+    else:  # a committed folder: the runs' values without the per-epoch rows
+        values = pd.read_csv(out_dir / "worlds.csv")
+        dataset = json.loads((dirs[0] / "run.json").read_text())["dataset"]
     table = worlds.variance_components(values)
     atomic_write_text(out_dir / "worlds.csv", values.to_csv(index=False))
     atomic_write_text(out_dir / "worlds_summary.csv", table.to_csv(index=False))
-    dataset = next(iter(results.values()))["dataset"].iloc[0]
     command = meta.get("command")
     text = "\n".join(
         [
-            f"# Off-policy two-stage recommendation over {len(results)} worlds — {dataset}",
+            f"# Off-policy two-stage recommendation over {len(dirs)} worlds — {dataset}",
             "",
             f"Profile `{meta['config']['profile']}` · command "
             + (f"`{command}`" if command else "not recorded")
