@@ -63,9 +63,18 @@ def test_every_core_is_what_this_process_may_use():
     assert runtime.env_threads({}) is None
 
 
-@pytest.mark.parametrize("name", ["ml-100k", "synthetic-ml1m"])
+@pytest.mark.parametrize("name", ["synthetic-ml1m", "beyond/ml-100k-inclusion"])
 def test_committed_runs_with_runtime_settings_in_their_config_still_load(name: str):
     values = json.loads((ROOT / "results" / name / "run.json").read_text())["config"]
     assert "threads" in values and "chunk_users" in values["world"]  # written by an older version
     config = config_from_dict(values)
     assert config.dataset == values["dataset"] and config.world.seed == values["world"]["seed"]
+
+
+@pytest.mark.parametrize("name", ["ml-100k", "worlds-ml-100k/world-0"])
+def test_committed_runs_of_this_version_keep_runtime_settings_out_of_their_config(name: str):
+    meta = json.loads((ROOT / "results" / name / "run.json").read_text())
+    values = meta["config"]
+    assert "threads" not in values and "chunk_users" not in values["world"]
+    assert meta["runtime"]["jobs"] == 2 and meta["runtime"]["run_threads"] == 1
+    assert config_from_dict(values).simulator.early_stop == "authors"
