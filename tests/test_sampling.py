@@ -31,6 +31,16 @@ def _chi_square_p_value(counts: torch.Tensor, probs: torch.Tensor) -> float:
     return float(stats.chisquare(counts[probs > 0].double().numpy(), expected.numpy()).pvalue)
 
 
+def _pooled_p_value(probs: torch.Tensor, counts: torch.Tensor, cells: int) -> float:
+    """χ² p-value of item counts (n,) against probabilities (n,), the items pooled into `cells`
+    cells of similar mass so that every cell expects many draws."""
+    order = probs.argsort()
+    cell = (probs[order].double().cumsum(0) * cells).long().clamp(max=cells - 1)
+    cell_counts = torch.zeros(cells, dtype=torch.float64).index_add_(0, cell, counts[order])
+    cell_probs = torch.zeros(cells, dtype=torch.float64).index_add_(0, cell, probs[order].double())
+    return _chi_square_p_value(cell_counts, cell_probs)
+
+
 def test_sample_categorical_never_draws_zero_probability_items() -> None:
     probs = torch.tensor(
         [
@@ -72,14 +82,7 @@ def test_sample_categorical_on_a_large_skewed_catalogue() -> None:
     draws = sample_categorical(probs, 400_000, generator=_gen(3))
     for row in range(2):
         counts = torch.bincount(draws[row], minlength=n_items).double()
-        # Pool the items into 20 cells of similar mass so that every cell expects many draws.
-        order = probs[row].argsort()
-        cell = (probs[row][order].double().cumsum(0) * 20).long().clamp(max=19)
-        cell_counts = torch.zeros(20, dtype=torch.float64).index_add_(0, cell, counts[order])
-        cell_probs = torch.zeros(20, dtype=torch.float64).index_add_(
-            0, cell, probs[row][order].double()
-        )
-        assert _chi_square_p_value(cell_counts, cell_probs) > 1e-4, row
+        assert _pooled_p_value(probs[row], counts, cells=20) > 1e-4, row
 
 
 def test_inverse_cdf_agrees_with_searchsorted_on_adversarial_cdfs() -> None:
@@ -121,13 +124,7 @@ def test_slate_draws_have_the_policy_as_marginal_at_the_training_size() -> None:
     slates = sample_slates(probs, 4000, 30, generator=_gen(31))
     for row in range(3):
         counts = torch.bincount(slates[row].reshape(-1), minlength=n_items).double()
-        order = probs[row].argsort()
-        cell = (probs[row][order].double().cumsum(0) * 40).long().clamp(max=39)
-        cell_counts = torch.zeros(40, dtype=torch.float64).index_add_(0, cell, counts[order])
-        cell_probs = torch.zeros(40, dtype=torch.float64).index_add_(
-            0, cell, probs[row][order].double()
-        )
-        assert _chi_square_p_value(cell_counts, cell_probs) > 1e-4, row
+        assert _pooled_p_value(probs[row], counts, cells=40) > 1e-4, row
 
 
 def test_same_seed_gives_same_draws() -> None:
