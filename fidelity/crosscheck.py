@@ -567,21 +567,23 @@ def result_rows(side: str, method: str, seed: int, result: dict, seconds: float)
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     """Per method, evaluation and metric: each side's n, mean, s.e. (std/√n, ddof 1), and the
     difference ours − authors with its s.e. (√(s.e.₁² + s.e.₂²), the sides independent)."""
+    from twostage.results import mean_stderr
+
+    cells = ["method", "evaluation", "metric"]
+    stats = mean_stderr(runs.groupby([*cells, "side"], sort=False)["value"])
     rows = []
-    for (method, evaluation, metric), group in runs.groupby(
-        ["method", "evaluation", "metric"], sort=False
-    ):
+    for (method, evaluation, metric), _ in runs.groupby(cells, sort=False):
         row = {
             "method": METHOD_LABEL.get(method, method),
             "evaluation": evaluation,
             "metric": metric,
         }
         for side in SIDES:
-            values = group.loc[group.side == side, "value"].to_numpy()
-            n = len(values)
-            row[f"{side}_n"] = n
-            row[f"{side}_mean"] = values.mean() if n else np.nan
-            row[f"{side}_se"] = values.std(ddof=1) / np.sqrt(n) if n > 1 else np.nan
+            key = (method, evaluation, metric, side)
+            have = key in stats.index
+            row[f"{side}_n"] = int(stats.at[key, "n_seeds"]) if have else 0
+            row[f"{side}_mean"] = stats.at[key, "mean"] if have else np.nan
+            row[f"{side}_se"] = stats.at[key, "stderr"] if have else np.nan
         row["diff"] = row["ours_mean"] - row["authors_mean"]
         row["diff_se"] = float(np.hypot(row["authors_se"], row["ours_se"]))
         row["diff_over_se"] = row["diff"] / row["diff_se"] if row["diff_se"] > 0 else np.nan
@@ -638,14 +640,16 @@ def summary_markdown(table: pd.DataFrame, runs: pd.DataFrame, commands: list[str
 
 
 def write_outputs(out: Path, runs: pd.DataFrame, commands: list[str]) -> None:
+    from twostage.files import atomic_write_text
+
     out.mkdir(parents=True, exist_ok=True)
-    runs.to_csv(out / "runs.csv", index=False)
+    atomic_write_text(out / "runs.csv", runs.to_csv(index=False))
     if runs.empty:
         return
     table = summarize(runs)
-    table.to_csv(out / "summary.csv", index=False, float_format="%.6g")
-    (out / "summary.md").write_text(summary_markdown(table, runs, commands), encoding="utf-8")
-    (out / "edits.md").write_text(edits_markdown() + "\n", encoding="utf-8")
+    atomic_write_text(out / "summary.csv", table.to_csv(index=False, float_format="%.6g"))
+    atomic_write_text(out / "summary.md", summary_markdown(table, runs, commands))
+    atomic_write_text(out / "edits.md", edits_markdown() + "\n")
 
 
 # ---------------------------------------------------------------- command line
