@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import pickle
+import platform
 import shutil
 import subprocess
 import sys
@@ -41,10 +42,14 @@ SHIM = "twostage_world.py"
 AUTHORS_LOSS = {"ce": "loss_ce", "ips": "loss_ips", "2s": "loss_2s"}
 METHOD_LABEL = {"ce": "CE", "ips": "1-IPS", "2s": "2-IPS"}
 METRICS = ("Precision@10", "NDCG@10")
-SIDES = ("authors", "ours")
+# "ours" starts from our own initial weights for the seed; "paired" runs our code from the
+# authors' initial weights for the same seed (their Nominator built right after their
+# torch.manual_seed(seed), as run.py does), so that each seed pairs the two codes.
+SIDES = ("authors", "ours", "paired")
 # The catalog's side features in the authors' column order (model.py's UserRep / ItemRep).
 USER_FIELDS = ("gender", "age", "occupation", "zip")
 ITEM_FIELDS = ("year",)
+SAME_WEIGHTS = "same_weights.json"  # written by the same-weights check, read into summary.md
 RUN_COLUMNS = ["side", "method", "seed", "evaluation", "metric", "value", "best_epoch", "seconds"]
 
 
@@ -373,6 +378,17 @@ def _read_file(path: Path) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in torch.load(path, map_location="cpu").items()}
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else the platform's machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def export_world(prepared, config, dest: Path) -> dict:
     """Write `prepared` (a `twostage.pipeline.experiment.Prepared`) to `dest` for the authors'
     code; return the manifest.
@@ -452,6 +468,18 @@ def export_world(prepared, config, dest: Path) -> dict:
         "cut_rule": world.cut_rule,
         "config": config.to_dict(),
         "stage_keys": dict(prepared.keys),
+        # The world depends on these too: another thread count or CPU kind trains another
+        # simulator (float sums in another order), hence another world.
+        "built_by": {
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cpu": cpu_model(),
+        },
+        "log_summary": {
+            "impressions": int(log.users.numel()),
+            "positives": int(log.rewards.sum().item()),
+            "distinct_items": int(log.items.unique().numel()),
+        },
         "files": described,
         "content_hash": content_hash(described),
     }
@@ -531,12 +559,63 @@ def run_authors(
     return {"one-stage": dict(one), "two-stage": dict(two), "best_epoch": best_epoch}, seconds
 
 
-def run_ours(prepared, config, method: str, seed: int) -> tuple[dict, float]:
+# Run in their copy: their Nominator's initial weights for a seed, built as run.py builds it
+# (torch.manual_seed, torch.cuda.manual_seed, then Nominator()).
+INITIAL_WEIGHTS = """
+import sys, torch
+torch.set_num_threads(1)
+import twostage_world
+from model import Nominator
+seed = int(sys.argv[1])
+torch.manual_seed(seed)
+torch.cuda.manual_seed(seed)
+torch.save(Nominator().state_dict(), sys.argv[2])
+"""
+
+
+def authors_initial_state(copy: Path, export: Path, seed: int, dest: Path, ours: dict) -> dict:
+    """Their Nominator's initial weights for `seed`, under our parameter names (`ours`: a state
+    dict of our Nominator, for the names)."""
+    env = {
+        **os.environ,
+        ENV_WORLD: str(export.resolve()),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(copy),
+    }
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        [sys.executable, "-c", INITIAL_WEIGHTS, str(seed), str(dest.resolve())],
+        cwd=copy,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise CrossCheckError(
+            f"their initial weights for seed {seed} failed:\n" + done.stderr[-3000:]
+        )
+    theirs = torch.load(dest)
+    names = dict(zip(authors_state(ours, "nominator"), ours, strict=True))  # their name → ours
+    if set(theirs) != set(names):
+        raise CrossCheckError(
+            f"their Nominator's parameters {sorted(theirs)} do not match ours {sorted(names)}."
+        )
+    return {names[k]: v for k, v in theirs.items()}
+
+
+def run_ours(
+    prepared, config, method: str, seed: int, initial_state: dict | None = None
+) -> tuple[dict, float]:
     from twostage.pipeline.candidates import train_candidate_generator
 
     start = time.perf_counter()
     out = train_candidate_generator(
-        method, seed, prepared.context, config.candidates, prepared.device
+        method,
+        seed,
+        prepared.context,
+        config.candidates,
+        prepared.device,
+        initial_state=initial_state,
     )
     seconds = time.perf_counter() - start
     best = out["best_epoch"]
@@ -587,11 +666,31 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
         row["diff"] = row["ours_mean"] - row["authors_mean"]
         row["diff_se"] = float(np.hypot(row["authors_se"], row["ours_se"]))
         row["diff_over_se"] = row["diff"] / row["diff_se"] if row["diff_se"] > 0 else np.nan
+        row.update(paired_difference(runs, method, evaluation, metric))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def summary_markdown(table: pd.DataFrame, runs: pd.DataFrame, commands: list[str]) -> str:
+def paired_difference(runs: pd.DataFrame, method: str, evaluation: str, metric: str) -> dict:
+    """Per seed run by both, paired − authors (the same initial weights): n, mean and s.e.
+    (std/√n, ddof 1) of those differences."""
+    cell = runs[(runs.method == method) & (runs.evaluation == evaluation) & (runs.metric == metric)]
+    by_seed = cell.pivot_table(index="seed", columns="side", values="value", aggfunc="first")
+    if not {"authors", "paired"} <= set(by_seed.columns):
+        return {"paired_diff_n": 0, "paired_diff": np.nan, "paired_diff_se": np.nan}
+    diffs = (by_seed["paired"] - by_seed["authors"]).dropna()
+    n = len(diffs)
+    se = float(diffs.std(ddof=1) / np.sqrt(n)) if n > 1 else np.nan
+    return {
+        "paired_diff_n": n,
+        "paired_diff": float(diffs.mean()) if n else np.nan,
+        "paired_diff_se": se,
+    }
+
+
+def summary_markdown(
+    table: pd.DataFrame, runs: pd.DataFrame, commands: list[str], same: dict | None = None
+) -> str:
     def cell(mean: float, se: float, n: int) -> str:
         if not n:
             return "—"
@@ -601,19 +700,30 @@ def summary_markdown(table: pd.DataFrame, runs: pd.DataFrame, commands: list[str
         "# Fidelity cross-check: the authors' code and ours on one exported world",
         "",
         "Test users, at each run's best validation epoch (two-stage Precision@10, as both codes "
-        "select). Values ×100, mean ± s.e. over seeds (n seeds); difference ours − authors with "
-        "its s.e. A difference under ~2 s.e. is not a difference.",
+        "select). Values ×100, mean ± s.e. over seeds (n seeds). *ours*: our code from our own "
+        "initial weights; *ours from their init*: our code from the authors' initial weights for "
+        "the same seed, so that each seed pairs the two codes (the 2-IPS slates still come from "
+        "different random streams). *paired*: mean ± s.e. over seeds of (ours from their init − "
+        "authors). A difference under ~2 s.e. is not a difference.",
         "",
-        "| method | evaluation | metric | authors | ours | ours − authors | /s.e. |",
-        "|---|---|---|---|---|---|---|",
+        "| method | evaluation | metric | authors | ours | ours − authors | "
+        "ours from their init | paired | /s.e. |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in table.itertuples():
         diff = "—" if np.isnan(r.diff) else f"{100 * r.diff:+.2f} ± {100 * r.diff_se:.2f}"
-        ratio = "—" if np.isnan(r.diff_over_se) else f"{r.diff_over_se:+.1f}"
+        paired, ratio = "—", "—"
+        if r.paired_diff_n:
+            paired = f"{100 * r.paired_diff:+.2f}"
+            if r.paired_diff_n > 1:
+                paired += f" ± {100 * r.paired_diff_se:.2f} (n={r.paired_diff_n})"
+                if r.paired_diff_se > 0:
+                    ratio = f"{r.paired_diff / r.paired_diff_se:+.1f}"
         lines.append(
             f"| {r.method} | {r.evaluation} | {r.metric} | "
             f"{cell(r.authors_mean, r.authors_se, r.authors_n)} | "
-            f"{cell(r.ours_mean, r.ours_se, r.ours_n)} | {diff} | {ratio} |"
+            f"{cell(r.ours_mean, r.ours_se, r.ours_n)} | {diff} | "
+            f"{cell(r.paired_mean, r.paired_se, r.paired_n)} | {paired} | {ratio} |"
         )
     per_run = runs.drop_duplicates(["side", "method", "seed"])
     epochs = per_run.groupby(["method", "side"], sort=False)["best_epoch"]
@@ -636,6 +746,10 @@ def summary_markdown(table: pd.DataFrame, runs: pd.DataFrame, commands: list[str
         "",
     ]
     lines += [f"    {c}" for c in commands]
+    if same is not None:
+        from fidelity.same_weights import markdown
+
+        lines += ["", *markdown(same)]
     return "\n".join(lines) + "\n"
 
 
@@ -648,7 +762,9 @@ def write_outputs(out: Path, runs: pd.DataFrame, commands: list[str]) -> None:
         return
     table = summarize(runs)
     atomic_write_text(out / "summary.csv", table.to_csv(index=False, float_format="%.6g"))
-    atomic_write_text(out / "summary.md", summary_markdown(table, runs, commands))
+    same_path = out / SAME_WEIGHTS
+    same = json.loads(same_path.read_text(encoding="utf-8")) if same_path.is_file() else None
+    atomic_write_text(out / "summary.md", summary_markdown(table, runs, commands, same))
     atomic_write_text(out / "edits.md", edits_markdown() + "\n")
 
 
@@ -669,6 +785,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="scratch folder for the export and the edited copy",
     )
     parser.add_argument("--ratings-order", default="user", choices=("file", "user"))
+    parser.add_argument(
+        "--sides",
+        default="authors,ours,paired",
+        help="which sides to run, a comma list of authors, ours (our code, our initial weights) "
+        "and paired (our code from the authors' initial weights for the seed)",
+    )
+    parser.add_argument(
+        "--redo-ours",
+        action="store_true",
+        help="drop our rows (ours, paired) for the chosen methods and seeds from OUT/runs.csv "
+        "and run them again (after a change to our code; their rows are kept)",
+    )
+    parser.add_argument(
+        "--skip-same-weights",
+        action="store_true",
+        help="skip the same-weights check of every stage's outputs (same_weights.py)",
+    )
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per authors' run")
     parser.add_argument(
@@ -680,6 +813,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.methods = parse_methods(args.methods)
     except ValueError as error:
         parser.error(str(error))
+    args.sides = tuple(side.strip() for side in args.sides.split(",") if side.strip())
+    if not args.sides or any(side not in SIDES for side in args.sides):
+        parser.error(f"--sides {args.sides}: expected a comma list of {', '.join(SIDES)}.")
+    if args.redo_ours and not {"ours", "paired"} & set(args.sides):
+        parser.error("--redo-ours needs ours or paired in --sides.")
     bad = [m for m in args.methods if m not in AUTHORS_LOSS]
     if bad:
         parser.error(
@@ -696,6 +834,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def check_same_world(world_json: Path, runs_path: Path, content_hash: str) -> None:
+    """Refuse to add runs on another world to an OUT folder that already holds runs: the
+    comparison is only meaningful on one world (e.g. a simulator retrained on another CPU kind,
+    or other settings, gives another one)."""
+    if not (world_json.is_file() and runs_path.is_file()):
+        return
+    recorded = json.loads(world_json.read_text(encoding="utf-8")).get("content_hash")
+    if recorded != content_hash:
+        raise CrossCheckError(
+            f"{world_json}: its runs were made on the world {recorded}, but this export is "
+            f"{content_hash}. Use another --out (or remove {runs_path}) to start a new comparison."
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     commands_path = args.out / "commands.json"
@@ -705,6 +857,8 @@ def main(argv: list[str] | None = None) -> int:
         commands = json.loads(commands_path.read_text()) if commands_path.is_file() else []
         write_outputs(args.out, pd.read_csv(args.out / "runs.csv"), commands)
         return 0
+    from twostage.files import atomic_write_text
+    from twostage.models import Nominator
     from twostage.pipeline.cache import StageCache
     from twostage.pipeline.config import profile_config, with_overrides
     from twostage.pipeline.experiment import prepare
@@ -724,9 +878,18 @@ def main(argv: list[str] | None = None) -> int:
     export = args.work / "world"
     manifest = export_world(prepared, config, export)
     load_export(export)  # what their code will read is what the manifest says
+    runs_path = args.out / "runs.csv"
+    check_same_world(args.out / "world.json", runs_path, manifest["content_hash"])
     copy = prepare_authors_copy(args.authors, args.work / "authors")
     args.out.mkdir(parents=True, exist_ok=True)
     manifest["truth_check"] = check_truth(copy, export)
+    if not args.skip_same_weights:
+        from fidelity import same_weights
+
+        atomic_write_text(
+            args.out / SAME_WEIGHTS,
+            json.dumps(same_weights.check(prepared, config, copy, export, args.work), indent=2),
+        )
     (args.out / "world.json").write_text(
         json.dumps(
             {
@@ -738,6 +901,8 @@ def main(argv: list[str] | None = None) -> int:
                     "cut_rule",
                     "config",
                     "stage_keys",
+                    "built_by",
+                    "log_summary",
                     "content_hash",
                     "truth_check",
                 )
@@ -752,16 +917,31 @@ def main(argv: list[str] | None = None) -> int:
         "python run.py --loss_type {loss_ce|loss_ips|loss_2s} --seed S --device cpu",
     ]
     commands_path.write_text(json.dumps(commands, indent=2), encoding="utf-8")
-    runs_path = args.out / "runs.csv"
     runs = pd.read_csv(runs_path) if runs_path.is_file() else pd.DataFrame(columns=RUN_COLUMNS)
+    if args.redo_ours:
+        redo = (
+            runs.side.isin([s for s in ("ours", "paired") if s in args.sides])
+            & runs.method.isin(args.methods)
+            & runs.seed.isin(args.seeds)
+        )
+        runs = runs[~redo].reset_index(drop=True)
     for seed in args.seeds:
         for method in args.methods:
-            for side in SIDES:
+            for side in args.sides:
                 done = (runs.side == side) & (runs.method == method) & (runs.seed == seed)
                 if done.any():
                     continue
                 if side == "authors":
                     result, seconds = run_authors(copy, export, method, seed, args.timeout)
+                elif side == "paired":
+                    initial = authors_initial_state(
+                        copy,
+                        export,
+                        seed,
+                        args.work / "initial" / f"nominator_{seed}.pt",
+                        Nominator(prepared.data.catalog).state_dict(),
+                    )
+                    result, seconds = run_ours(prepared, config, method, seed, initial)
                 else:
                     result, seconds = run_ours(prepared, config, method, seed)
                 new = pd.DataFrame(result_rows(side, method, seed, result, seconds))
@@ -776,7 +956,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # Run as the package module, so that fidelity.same_weights and this script share one
+    # CrossCheckError (a second copy of this file under __main__ would not catch its errors).
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from fidelity.crosscheck import CrossCheckError as Error
+    from fidelity.crosscheck import main as run
+
     try:
-        sys.exit(main())
-    except CrossCheckError as error:
+        sys.exit(run())
+    except Error as error:
         sys.exit(f"crosscheck: error: {error}")

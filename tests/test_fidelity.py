@@ -215,3 +215,119 @@ def test_summarize_rewrites_the_tables_from_runs_csv(tmp_path: Path) -> None:
     table = pd.read_csv(out / "summary.csv")
     assert set(table.method) == {"2-IPS"} and table["diff"].tolist() == [0.5] * 4
     assert "`bandit-log`" in (out / "edits.md").read_text()
+
+
+def test_the_same_weights_inputs_hold_our_loss_and_gradients(exported, tmp_path: Path) -> None:
+    """What the authors' side is compared against (`fidelity/same_weights.py`): our batch's loss
+    and gradients recompute from the saved weights and slates, under their parameter names."""
+    from fidelity import same_weights
+    from twostage.losses import two_stage_ips_loss
+    from twostage.models import Nominator
+
+    prepared, config, _, _ = exported
+    saved = torch.load(same_weights.our_side(prepared, config, tmp_path))
+    cfg, catalog = config.candidates, prepared.data.catalog
+    b = saved["batch"]
+    assert b["slates"].shape == (len(b["users"]), cfg.n_slates, cfg.slate_size)
+    assert saved["logits"].shape == (catalog.n_users, catalog.n_items)
+    assert set(saved["metrics"]) == {
+        f"{s}/{e}/{m}"
+        for s in ("val", "test")
+        for e in ("one-stage", "two-stage")
+        for m in cc.METRICS
+    }
+    model = Nominator(catalog)
+    ours = {k: v for k, v in model.state_dict().items()}
+    names = dict(zip(cc.authors_state(ours, "nominator"), ours, strict=True))  # theirs → ours
+    model.load_state_dict({names[k]: v for k, v in saved["fresh"].items()})
+    loss = two_stage_ips_loss(
+        model.score_all(b["users"]),
+        b["items"],
+        b["propensities"],
+        prepared.context.ranker_scores[b["users"]],
+        alpha=b["alpha"],
+        cap=b["cap"],
+        slates=b["slates"].clone(),
+    )
+    assert loss.item() == pytest.approx(b["loss"], rel=1e-6)
+    grads = dict(
+        zip(
+            [n for n, _ in model.named_parameters()],
+            torch.autograd.grad(loss, list(model.parameters())),
+            strict=True,
+        )
+    )
+    for theirs, grad in cc.authors_state(grads, "nominator").items():
+        torch.testing.assert_close(grad, b["grads"][theirs])
+
+
+def test_the_same_weights_section_reads_in_the_summary(tmp_path: Path) -> None:
+    from fidelity import same_weights
+
+    result = {
+        "simulator_probabilities": {"max_abs_diff": 1e-7, "pairs": 1000},
+        "ranker_logits": {"max_abs_diff": 2e-6, "max_abs": 16.0},
+        "nominator_logits": {"max_abs_diff": 3e-6},
+        "two_stage_loss": {
+            "authors": 1.5,
+            "ours": 1.5000001,
+            "grad_max_abs_diff": 5e-8,
+            "grad_max_abs": 0.2,
+            "slates_used": 128,
+        },
+        "evaluator": [
+            {
+                "split": "val",
+                "evaluation": "two-stage",
+                "metric": "NDCG@10",
+                "authors": 0.61,
+                "ours": 0.62,
+            }
+        ],
+    }
+    out = tmp_path / "out"
+    out.mkdir()
+    rows = cc.result_rows("authors", "ce", 0, _result(0.25), 3.0)
+    (out / cc.SAME_WEIGHTS).write_text(json.dumps(result))
+    cc.write_outputs(out, pd.DataFrame(rows), ["cmd"])
+    text = (out / "summary.md").read_text()
+    assert "\n".join(same_weights.markdown(result)) in text
+    assert "| val | two-stage | NDCG@10 | 0.610000 | 0.620000 |" in text
+
+
+def test_paired_differences_are_per_seed_over_seeds_both_sides_ran() -> None:
+    rows = []
+    for seed, (theirs, ours) in enumerate([(0.50, 0.52), (0.70, 0.71), (0.60, 0.63)]):
+        rows += cc.result_rows("authors", "2s", seed, _result(theirs), 1.0)
+        rows += cc.result_rows("paired", "2s", seed, _result(ours), 1.0)
+    rows += cc.result_rows("authors", "2s", 3, _result(0.9), 1.0)  # no paired run: left out
+    got = cc.paired_difference(pd.DataFrame(rows), "2s", "two-stage", "NDCG@10")
+    diffs = np.array([0.02, 0.01, 0.03])
+    assert got["paired_diff_n"] == 3
+    assert got["paired_diff"] == pytest.approx(diffs.mean())
+    assert got["paired_diff_se"] == pytest.approx(diffs.std(ddof=1) / math.sqrt(3))
+    table = cc.summarize(pd.DataFrame(rows))
+    assert (table.paired_diff_n == 3).all() and (table.paired_n == 3).all()
+
+
+def test_a_run_from_given_initial_weights_starts_from_them(exported) -> None:
+    """`initial_state` replaces the seed's initial weights (the fidelity harness's paired side):
+    the seed's own weights give the seed's run exactly, other weights another run."""
+    from twostage.models import Nominator
+    from twostage.pipeline.candidates import train_candidate_generator
+
+    prepared, config, _, _ = exported
+    cfg = config.candidates
+    plain = train_candidate_generator("2s", 4, prepared.context, cfg, prepared.device)
+    torch.manual_seed(4)
+    own = Nominator(prepared.data.catalog).state_dict()
+    again = train_candidate_generator(
+        "2s", 4, prepared.context, cfg, prepared.device, initial_state=own
+    )
+    assert again["rows"] == plain["rows"]
+    torch.manual_seed(5)
+    other = Nominator(prepared.data.catalog).state_dict()
+    moved = train_candidate_generator(
+        "2s", 4, prepared.context, cfg, prepared.device, initial_state=other
+    )
+    assert moved["rows"] != plain["rows"]

@@ -93,6 +93,7 @@ def train_candidate_generator(
     progress=None,
     *,
     test_every_epoch: bool = False,
+    initial_state: dict[str, torch.Tensor] | None = None,
 ) -> dict:
     """Train one candidate generator.
 
@@ -104,12 +105,19 @@ def train_candidate_generator(
     from the same parameters by the same calls. `test_every_epoch` changes only the time taken
     and the rows kept, so it is in no cache key.
 
+    `initial_state` (a Nominator state dict) replaces the seed's initial weights; the seed still
+    drives everything else (2-IPS's slates). The fidelity harness uses it to start from the
+    authors' initial weights for the same seed.
+
     Batches follow the log order without shuffling and drop the last partial batch (the
     paper's code) unless `config.shuffle`. The best epoch is the one with the highest
     validation two-stage `config.select_metric` (first one on ties).
     """
     torch.manual_seed(seed)
-    model = Nominator(context.catalog).to(device)
+    model = Nominator(context.catalog)
+    if initial_state is not None:
+        model.load_state_dict(initial_state)
+    model = model.to(device)
     generator = seeded(seed)
     device_generator = (
         generator if device.type == "cpu" else torch.Generator(device).manual_seed(seed)
