@@ -75,3 +75,18 @@ def test_sweep_grid_errors_are_clear():
         parse_grid(["gamma=1"])
     with pytest.raises(ConfigError, match="must be ints"):
         parse_grid(["slate_size=ten"])
+
+
+def test_committed_sweep_tables_hold_each_cell_once() -> None:
+    """A committed `sweep.csv` assembled from several sweeps must not repeat a cell's rows
+    (figures and readers would count them twice)."""
+    import pandas as pd
+
+    root = Path(__file__).resolve().parents[1] / "results"
+    tables = sorted(root.glob("**/sweep.csv"))
+    assert tables, "no committed sweep.csv found"
+    for path in tables:
+        table = pd.read_csv(path, dtype={"value": str})
+        key = ["factor", "value", "method", "evaluation", "metric"]
+        repeated = table[table.duplicated(key, keep=False)]
+        assert repeated.empty, f"{path}: repeated rows {repeated[key].drop_duplicates().head()}"
