@@ -49,6 +49,9 @@ SIDES = ("authors", "ours", "paired")
 # The catalog's side features in the authors' column order (model.py's UserRep / ItemRep).
 USER_FIELDS = ("gender", "age", "occupation", "zip")
 ITEM_FIELDS = ("year",)
+SIDE_LABEL = {"authors": "authors", "ours": "ours", "paired": "ours from their init"}
+CURVES = "curves.csv"  # validation metrics per epoch of every run
+CURVE_COLUMNS = ["side", "method", "seed", "epoch", "evaluation", "metric", "value"]
 SAME_WEIGHTS = "same_weights.json"  # written by the same-weights check, read into summary.md
 RUN_COLUMNS = ["side", "method", "seed", "evaluation", "metric", "value", "best_epoch", "seconds"]
 
@@ -519,11 +522,33 @@ def load_export(dest: Path) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
 
 
 # ---------------------------------------------------------------- runs
+def read_authors_pickle(path: Path) -> dict:
+    """Their run's result pickle (best epoch, validation and test results per epoch) →
+    {"one-stage", "two-stage": test metrics at the best epoch, "best_epoch", "curve": the
+    validation rows of every epoch}."""
+    with open(path, "rb") as f:
+        best_epoch, val_results, test_results = pickle.load(f)
+    one, two = test_results[best_epoch]
+    curve = [
+        {"epoch": epoch, "evaluation": evaluation, "metric": metric, "value": float(res[metric])}
+        for epoch, pair in enumerate(val_results)
+        for evaluation, res in zip(("one-stage", "two-stage"), pair, strict=True)
+        for metric in METRICS
+    ]
+    return {
+        "one-stage": dict(one),
+        "two-stage": dict(two),
+        "best_epoch": best_epoch,
+        "curve": curve,
+    }
+
+
 def run_authors(
-    copy: Path, export: Path, method: str, seed: int, timeout: float
+    copy: Path, export: Path, method: str, seed: int, timeout: float, keep: Path
 ) -> tuple[dict, float]:
-    """One run of their `run.py` (CPU, one thread). Returns ({evaluation: test metrics at the
-    best validation epoch}, seconds)."""
+    """One run of their `run.py` (CPU, one thread); its result pickle is copied to `keep`.
+    Returns ({evaluation: test metrics at the best validation epoch, "best_epoch", "curve"},
+    seconds)."""
     loss = AUTHORS_LOSS[method]
     env = {
         **os.environ,
@@ -553,10 +578,10 @@ def run_authors(
             f"their run.py --loss_type {loss} --seed {seed} failed ({done.returncode}):\n"
             + done.stderr[-3000:]
         )
-    with open(copy / "results" / f"{loss.split('_')[1]}-a0.001_{seed}.pkl", "rb") as f:
-        best_epoch, _, test_results = pickle.load(f)
-    one, two = test_results[best_epoch]
-    return {"one-stage": dict(one), "two-stage": dict(two), "best_epoch": best_epoch}, seconds
+    produced = copy / "results" / f"{loss.split('_')[1]}-a0.001_{seed}.pkl"
+    keep.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(produced, keep / f"{loss}_{seed}.pkl")
+    return read_authors_pickle(produced), seconds
 
 
 # Run in their copy: their Nominator's initial weights for a seed, built as run.py builds it
@@ -619,10 +644,12 @@ def run_ours(
     )
     seconds = time.perf_counter() - start
     best = out["best_epoch"]
-    result: dict = {"one-stage": {}, "two-stage": {}, "best_epoch": best}
+    result: dict = {"one-stage": {}, "two-stage": {}, "best_epoch": best, "curve": []}
     for row in out["rows"]:
         if row["split"] == "test" and row["epoch"] == best:
             result[row["evaluation"]][row["metric"]] = row["value"]
+        elif row["split"] == "val" and row["metric"] in METRICS:
+            result["curve"].append({k: row[k] for k in ("epoch", "evaluation", "metric", "value")})
     return result, seconds
 
 
@@ -641,6 +668,25 @@ def result_rows(side: str, method: str, seed: int, result: dict, seconds: float)
         for evaluation in ("one-stage", "two-stage")
         for metric in METRICS
     ]
+
+
+def curve_rows(side: str, method: str, seed: int, curve: list[dict]) -> list[dict]:
+    """Rows of `curves.csv`: one run's validation metrics per epoch."""
+    return [{"side": side, "method": method, "seed": seed, **point} for point in curve]
+
+
+def curve_gaps(curves: pd.DataFrame) -> pd.DataFrame:
+    """Per method and side: the mean validation two-stage Precision@10 of every epoch over seeds,
+    and the largest gap of that mean curve from the authors' (absolute, over epochs)."""
+    cell = curves[(curves.evaluation == "two-stage") & (curves.metric == "Precision@10")]
+    means = cell.groupby(["method", "side", "epoch"])["value"].mean().unstack("epoch")
+    rows = []
+    for (method, side), curve in means.iterrows():
+        if side == "authors" or (method, "authors") not in means.index:
+            continue
+        gap = (curve - means.loc[(method, "authors")]).abs().max()
+        rows.append({"method": method, "side": side, "largest_gap": float(gap)})
+    return pd.DataFrame(rows, columns=["method", "side", "largest_gap"])
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
@@ -689,7 +735,11 @@ def paired_difference(runs: pd.DataFrame, method: str, evaluation: str, metric: 
 
 
 def summary_markdown(
-    table: pd.DataFrame, runs: pd.DataFrame, commands: list[str], same: dict | None = None
+    table: pd.DataFrame,
+    runs: pd.DataFrame,
+    commands: list[str],
+    same: dict | None = None,
+    gaps: pd.DataFrame | None = None,
 ) -> str:
     def cell(mean: float, se: float, n: int) -> str:
         if not n:
@@ -742,9 +792,19 @@ def summary_markdown(
             f"{s} {METHOD_LABEL.get(m, m)} median {v:.0f}" for (s, m), v in times.median().items()
         ),
         "",
-        "Commands:",
-        "",
     ]
+    if gaps is not None and not gaps.empty:
+        lines += [
+            "Validation curves (`curves.csv`, `figures/curves.png`): largest gap, over epochs, of "
+            "the mean validation two-stage Precision@10 from the authors' mean curve (×100): "
+            + "; ".join(
+                f"{METHOD_LABEL.get(g.method, g.method)} {SIDE_LABEL[g.side]} "
+                f"{100 * g.largest_gap:.2f}"
+                for g in gaps.itertuples()
+            ),
+            "",
+        ]
+    lines += ["Commands:", ""]
     lines += [f"    {c}" for c in commands]
     if same is not None:
         from fidelity.same_weights import markdown
@@ -753,18 +813,62 @@ def summary_markdown(
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(out: Path, runs: pd.DataFrame, commands: list[str]) -> None:
+def curves_figure(curves: pd.DataFrame):
+    """One panel per method: each side's mean validation two-stage Precision@10 per epoch over
+    seeds, with a ±1 s.e. band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cell = curves[(curves.evaluation == "two-stage") & (curves.metric == "Precision@10")]
+    methods = [m for m in AUTHORS_LOSS if m in set(cell.method)]
+    fig, axes = plt.subplots(1, len(methods), figsize=(4 * len(methods), 3.2), squeeze=False)
+    for ax, method in zip(axes[0], methods, strict=True):
+        for side in SIDES:
+            runs = cell[(cell.method == method) & (cell.side == side)]
+            if runs.empty:
+                continue
+            by_epoch = runs.groupby("epoch")["value"]
+            mean, se = by_epoch.mean(), by_epoch.sem().fillna(0)
+            n = runs.seed.nunique()
+            ax.plot(mean.index, 100 * mean, label=f"{SIDE_LABEL[side]} (n={n})")
+            ax.fill_between(mean.index, 100 * (mean - se), 100 * (mean + se), alpha=0.2)
+        ax.set_title(METHOD_LABEL.get(method, method))
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("validation two-stage P@10 ×100")
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle("Validation curves, mean ± s.e. over seeds", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def write_outputs(
+    out: Path, runs: pd.DataFrame, commands: list[str], curves: pd.DataFrame | None = None
+) -> None:
     from twostage.files import atomic_write_text
+    from twostage.plots import save_png
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "runs.csv", runs.to_csv(index=False))
+    if curves is not None:
+        atomic_write_text(out / CURVES, curves.to_csv(index=False))
     if runs.empty:
         return
     table = summarize(runs)
     atomic_write_text(out / "summary.csv", table.to_csv(index=False, float_format="%.6g"))
     same_path = out / SAME_WEIGHTS
     same = json.loads(same_path.read_text(encoding="utf-8")) if same_path.is_file() else None
-    atomic_write_text(out / "summary.md", summary_markdown(table, runs, commands, same))
+    gaps = None
+    if curves is not None and not curves.empty:
+        gaps = curve_gaps(curves)
+        figure = curves_figure(curves)
+        save_png(figure, out / "figures" / "curves.png", dpi=110)
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
+    atomic_write_text(out / "summary.md", summary_markdown(table, runs, commands, same, gaps))
     atomic_write_text(out / "edits.md", edits_markdown() + "\n")
 
 
@@ -774,7 +878,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     parser = argparse.ArgumentParser(prog="crosscheck", description=__doc__.split("\n\n")[0])
     parser.add_argument("authors", type=Path, metavar="AUTHORS_CHECKOUT")
-    parser.add_argument("--dataset", required=True, help="a MovieLens folder (ML-100K, ML-1M)")
+    parser.add_argument(
+        "--dataset",
+        required=True,
+        help="a MovieLens folder (ML-100K, ML-1M), or synthetic (the ML-1M-shaped world)",
+    )
     parser.add_argument("--seeds", default="0-9")
     parser.add_argument("--methods", default="ce,ips,2s")
     parser.add_argument("--out", type=Path, default=Path("results/fidelity/ml-100k"))
@@ -823,8 +931,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(
             f"--methods {','.join(bad)}: the authors' code has only {', '.join(AUTHORS_LOSS)}."
         )
-    if not Path(args.dataset).is_dir():
-        parser.error(f"--dataset {args.dataset}: not a folder of MovieLens files.")
+    from twostage.data import SYNTHETIC_SOURCES
+
+    if args.dataset not in SYNTHETIC_SOURCES and not Path(args.dataset).is_dir():
+        parser.error(
+            f"--dataset {args.dataset}: not a folder of MovieLens files, nor one of "
+            f"{', '.join(SYNTHETIC_SOURCES)}."
+        )
     if not args.authors.is_dir():
         parser.error(f"AUTHORS_CHECKOUT {args.authors}: not a folder.")
     try:
@@ -855,7 +968,9 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.out / "runs.csv").is_file():
             raise CrossCheckError(f"--summarize: {args.out / 'runs.csv'} does not exist.")
         commands = json.loads(commands_path.read_text()) if commands_path.is_file() else []
-        write_outputs(args.out, pd.read_csv(args.out / "runs.csv"), commands)
+        curves_path = args.out / CURVES
+        curves = pd.read_csv(curves_path) if curves_path.is_file() else None
+        write_outputs(args.out, pd.read_csv(args.out / "runs.csv"), commands, curves)
         return 0
     from twostage.files import atomic_write_text
     from twostage.models import Nominator
@@ -918,6 +1033,11 @@ def main(argv: list[str] | None = None) -> int:
     ]
     commands_path.write_text(json.dumps(commands, indent=2), encoding="utf-8")
     runs = pd.read_csv(runs_path) if runs_path.is_file() else pd.DataFrame(columns=RUN_COLUMNS)
+    curves_path = args.out / CURVES
+    curves = (
+        pd.read_csv(curves_path) if curves_path.is_file() else pd.DataFrame(columns=CURVE_COLUMNS)
+    )
+    keep = args.work / "runs" / manifest["content_hash"][:16]  # their result pickles
     if args.redo_ours:
         redo = (
             runs.side.isin([s for s in ("ours", "paired") if s in args.sides])
@@ -925,14 +1045,26 @@ def main(argv: list[str] | None = None) -> int:
             & runs.seed.isin(args.seeds)
         )
         runs = runs[~redo].reset_index(drop=True)
+        redo = (
+            curves.side.isin([s for s in ("ours", "paired") if s in args.sides])
+            & curves.method.isin(args.methods)
+            & curves.seed.isin(args.seeds)
+        )
+        curves = curves[~redo].reset_index(drop=True)
     for seed in args.seeds:
         for method in args.methods:
             for side in args.sides:
                 done = (runs.side == side) & (runs.method == method) & (runs.seed == seed)
                 if done.any():
+                    have = (curves.side == side) & (curves.method == method) & (curves.seed == seed)
+                    kept = keep / f"{AUTHORS_LOSS[method]}_{seed}.pkl"
+                    if side == "authors" and not have.any() and kept.is_file():
+                        rows = curve_rows(side, method, seed, read_authors_pickle(kept)["curve"])
+                        curves = pd.concat([curves, pd.DataFrame(rows)], ignore_index=True)
+                        write_outputs(args.out, runs, commands, curves)
                     continue
                 if side == "authors":
-                    result, seconds = run_authors(copy, export, method, seed, args.timeout)
+                    result, seconds = run_authors(copy, export, method, seed, args.timeout, keep)
                 elif side == "paired":
                     initial = authors_initial_state(
                         copy,
@@ -946,7 +1078,9 @@ def main(argv: list[str] | None = None) -> int:
                     result, seconds = run_ours(prepared, config, method, seed)
                 new = pd.DataFrame(result_rows(side, method, seed, result, seconds))
                 runs = new if runs.empty else pd.concat([runs, new], ignore_index=True)
-                write_outputs(args.out, runs, commands)
+                new = pd.DataFrame(curve_rows(side, method, seed, result["curve"]))
+                curves = new if curves.empty else pd.concat([curves, new], ignore_index=True)
+                write_outputs(args.out, runs, commands, curves)
                 two = result["two-stage"]["Precision@10"]
                 print(
                     f"[{side}] {method} seed {seed}: two-stage P@10 {two:.4f} · {seconds:.0f}s",

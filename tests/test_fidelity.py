@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -331,3 +332,59 @@ def test_a_run_from_given_initial_weights_starts_from_them(exported) -> None:
         "2s", 4, prepared.context, cfg, prepared.device, initial_state=other
     )
     assert moved["rows"] != plain["rows"]
+
+
+def _their_pickle(path: Path, val_two_p10: list[float], best: int) -> Path:
+    """A result pickle as their run.py writes it: (best epoch, [(one, two)] per epoch for
+    validation, the same for test), each dict an OrderedDict of metric → value."""
+    from collections import OrderedDict
+
+    def pair(v: float):
+        one = OrderedDict([("Precision@10", v / 2), ("NDCG@10", v / 3)])
+        two = OrderedDict([("Precision@10", v), ("NDCG@10", v / 4)])
+        return one, two
+
+    with open(path, "wb") as f:
+        pickle.dump((best, [pair(v) for v in val_two_p10], [pair(v + 1) for v in val_two_p10]), f)
+    return path
+
+
+def test_their_pickle_gives_test_metrics_at_the_best_epoch_and_the_curve(tmp_path: Path) -> None:
+    got = cc.read_authors_pickle(_their_pickle(tmp_path / "r.pkl", [0.1, 0.4, 0.3], best=1))
+    assert got["best_epoch"] == 1
+    assert got["two-stage"]["Precision@10"] == pytest.approx(1.4)
+    assert got["one-stage"]["NDCG@10"] == pytest.approx(1.4 / 3)
+    two = [c for c in got["curve"] if c["evaluation"] == "two-stage"]
+    assert [c["value"] for c in two if c["metric"] == "Precision@10"] == [0.1, 0.4, 0.3]
+    assert len(got["curve"]) == 3 * 2 * len(cc.METRICS)
+
+
+def test_curves_give_the_largest_gap_from_the_authors_mean_curve(tmp_path: Path) -> None:
+    curves = []
+    for seed, offset in enumerate([0.0, 0.02]):
+        theirs = [
+            {"epoch": e, "evaluation": "two-stage", "metric": "Precision@10", "value": 0.5 + offset}
+            for e in range(3)
+        ]
+        ours = [
+            {
+                "epoch": e,
+                "evaluation": "two-stage",
+                "metric": "Precision@10",
+                "value": 0.5 + offset + 0.01 * e,
+            }
+            for e in range(3)
+        ]
+        curves += cc.curve_rows("authors", "2s", seed, theirs)
+        curves += cc.curve_rows("paired", "2s", seed, ours)
+    curves = pd.DataFrame(curves)
+    gaps = cc.curve_gaps(curves)
+    assert gaps.to_dict("records") == [
+        {"method": "2s", "side": "paired", "largest_gap": pytest.approx(0.02)}
+    ]
+    out = tmp_path / "out"
+    rows = cc.result_rows("authors", "2s", 0, _result(0.5), 1.0)
+    cc.write_outputs(out, pd.DataFrame(rows), ["cmd"], curves)
+    assert pd.read_csv(out / cc.CURVES).shape == curves.shape
+    assert (out / "figures" / "curves.png").stat().st_size > 0
+    assert "2-IPS ours from their init 2.00" in (out / "summary.md").read_text()
