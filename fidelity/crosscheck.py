@@ -679,6 +679,7 @@ def curve_gaps(curves: pd.DataFrame) -> pd.DataFrame:
     """Per method and side: the mean validation two-stage Precision@10 of every epoch over seeds,
     and the largest gap of that mean curve from the authors' (absolute, over epochs)."""
     cell = curves[(curves.evaluation == "two-stage") & (curves.metric == "Precision@10")]
+    cell = cell.astype({"epoch": int, "value": float})
     means = cell.groupby(["method", "side", "epoch"])["value"].mean().unstack("epoch")
     rows = []
     for (method, side), curve in means.iterrows():
@@ -822,6 +823,7 @@ def curves_figure(curves: pd.DataFrame):
     import matplotlib.pyplot as plt
 
     cell = curves[(curves.evaluation == "two-stage") & (curves.metric == "Precision@10")]
+    cell = cell.astype({"epoch": int, "value": float})  # rows appended to an empty frame
     methods = [m for m in AUTHORS_LOSS if m in set(cell.method)]
     fig, axes = plt.subplots(1, len(methods), figsize=(4 * len(methods), 3.2), squeeze=False)
     for ax, method in zip(axes[0], methods, strict=True):

@@ -377,7 +377,8 @@ def test_curves_give_the_largest_gap_from_the_authors_mean_curve(tmp_path: Path)
         ]
         curves += cc.curve_rows("authors", "2s", seed, theirs)
         curves += cc.curve_rows("paired", "2s", seed, ours)
-    curves = pd.DataFrame(curves)
+    # as the harness builds it: rows appended to an empty frame (object columns)
+    curves = pd.concat([pd.DataFrame(columns=cc.CURVE_COLUMNS), pd.DataFrame(curves)])
     gaps = cc.curve_gaps(curves)
     assert gaps.to_dict("records") == [
         {"method": "2s", "side": "paired", "largest_gap": pytest.approx(0.02)}
