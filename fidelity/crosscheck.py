@@ -768,7 +768,8 @@ def summary_markdown(
             paired = f"{100 * r.paired_diff:+.2f}"
             if r.paired_diff_n > 1:
                 paired += f" ± {100 * r.paired_diff_se:.2f} (n={r.paired_diff_n})"
-                if r.paired_diff_se > 0:
+                # metrics are float32: an s.e. below 1e-5 is rounding, not a difference
+                if r.paired_diff_se > 1e-5:
                     ratio = f"{r.paired_diff / r.paired_diff_se:+.1f}"
         lines.append(
             f"| {r.method} | {r.evaluation} | {r.metric} | "
