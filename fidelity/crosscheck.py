@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import pickle
-import platform
 import shutil
 import subprocess
 import sys
@@ -284,20 +283,37 @@ print(json.dumps({"pairs": int(truth.size), "positive_ours": int(truth.sum()),
 """
 
 
-def check_truth(copy: Path, export: Path) -> dict:
-    """Count the pairs where their evaluator's truth and the exported `World.truth` differ."""
-    env = {
+def their_env(copy: Path, export: Path) -> dict[str, str]:
+    """The environment of a process in their copy: the export's folder, one thread, their
+    modules importable."""
+    return {
         **os.environ,
         ENV_WORLD: str(export.resolve()),
         "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
         "PYTHONPATH": str(copy),
     }
+
+
+def run_script(copy: Path, export: Path, script: str, *args: str, what: str) -> str:
+    """Run `script` (Python source) in their copy with `args`; return its stdout. A failure
+    raises `CrossCheckError` naming `what` and ending with the script's stderr."""
     done = subprocess.run(
-        [sys.executable, "-c", TRUTH_CHECK], cwd=copy, env=env, capture_output=True, text=True
+        [sys.executable, "-c", script, *args],
+        cwd=copy,
+        env=their_env(copy, export),
+        capture_output=True,
+        text=True,
     )
     if done.returncode != 0:
-        raise CrossCheckError(f"the truth check in {copy} failed:\n" + done.stderr[-3000:])
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        raise CrossCheckError(f"{what} in {copy} failed:\n" + done.stderr[-3000:])
+    return done.stdout
+
+
+def check_truth(copy: Path, export: Path) -> dict:
+    """Count the pairs where their evaluator's truth and the exported `World.truth` differ."""
+    out = run_script(copy, export, TRUTH_CHECK, what="the truth check")
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def prepare_authors_copy(checkout: Path, dest: Path) -> Path:
@@ -381,17 +397,6 @@ def _read_file(path: Path) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in torch.load(path, map_location="cpu").items()}
 
 
-def cpu_model() -> str:
-    """The CPU's model name (Linux), else the platform's machine type."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
-
-
 def export_world(prepared, config, dest: Path) -> dict:
     """Write `prepared` (a `twostage.pipeline.experiment.Prepared`) to `dest` for the authors'
     code; return the manifest.
@@ -407,6 +412,7 @@ def export_world(prepared, config, dest: Path) -> dict:
             content hash over all files.
     """
     from twostage.pipeline.candidates import validation_size
+    from twostage.runtime import cpu_model
 
     catalog = prepared.data.catalog
     if tuple(catalog.user_fields) != USER_FIELDS or tuple(catalog.item_fields) != ITEM_FIELDS:
@@ -550,13 +556,6 @@ def run_authors(
     Returns ({evaluation: test metrics at the best validation epoch, "best_epoch", "curve"},
     seconds)."""
     loss = AUTHORS_LOSS[method]
-    env = {
-        **os.environ,
-        ENV_WORLD: str(export.resolve()),
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-        "PYTHONPATH": str(copy),
-    }
     command = [
         sys.executable,
         "run.py",
@@ -569,7 +568,12 @@ def run_authors(
     ]
     start = time.perf_counter()
     done = subprocess.run(
-        command, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout
+        command,
+        cwd=copy,
+        env=their_env(copy, export),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     seconds = time.perf_counter() - start
     (copy / "results" / f"{loss}_{seed}.log").write_text(done.stdout + done.stderr)
@@ -601,24 +605,15 @@ torch.save(Nominator().state_dict(), sys.argv[2])
 def authors_initial_state(copy: Path, export: Path, seed: int, dest: Path, ours: dict) -> dict:
     """Their Nominator's initial weights for `seed`, under our parameter names (`ours`: a state
     dict of our Nominator, for the names)."""
-    env = {
-        **os.environ,
-        ENV_WORLD: str(export.resolve()),
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(copy),
-    }
     dest.parent.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        [sys.executable, "-c", INITIAL_WEIGHTS, str(seed), str(dest.resolve())],
-        cwd=copy,
-        env=env,
-        capture_output=True,
-        text=True,
+    run_script(
+        copy,
+        export,
+        INITIAL_WEIGHTS,
+        str(seed),
+        str(dest.resolve()),
+        what=f"their initial weights for seed {seed}",
     )
-    if done.returncode != 0:
-        raise CrossCheckError(
-            f"their initial weights for seed {seed} failed:\n" + done.stderr[-3000:]
-        )
     theirs = torch.load(dest)
     names = dict(zip(authors_state(ours, "nominator"), ours, strict=True))  # their name → ours
     if set(theirs) != set(names):
@@ -675,11 +670,17 @@ def curve_rows(side: str, method: str, seed: int, curve: list[dict]) -> list[dic
     return [{"side": side, "method": method, "seed": seed, **point} for point in curve]
 
 
+def _headline(curves: pd.DataFrame) -> pd.DataFrame:
+    """The validation two-stage Precision@10 rows of `curves`, as numbers (rows appended to an
+    empty frame come in as object columns)."""
+    cell = curves[(curves.evaluation == "two-stage") & (curves.metric == "Precision@10")]
+    return cell.astype({"epoch": int, "value": float})
+
+
 def curve_gaps(curves: pd.DataFrame) -> pd.DataFrame:
     """Per method and side: the mean validation two-stage Precision@10 of every epoch over seeds,
     and the largest gap of that mean curve from the authors' (absolute, over epochs)."""
-    cell = curves[(curves.evaluation == "two-stage") & (curves.metric == "Precision@10")]
-    cell = cell.astype({"epoch": int, "value": float})
+    cell = _headline(curves)
     means = cell.groupby(["method", "side", "epoch"])["value"].mean().unstack("epoch")
     rows = []
     for (method, side), curve in means.iterrows():
@@ -823,8 +824,7 @@ def curves_figure(curves: pd.DataFrame):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cell = curves[(curves.evaluation == "two-stage") & (curves.metric == "Precision@10")]
-    cell = cell.astype({"epoch": int, "value": float})  # rows appended to an empty frame
+    cell = _headline(curves)
     methods = [m for m in AUTHORS_LOSS if m in set(cell.method)]
     fig, axes = plt.subplots(1, len(methods), figsize=(4 * len(methods), 3.2), squeeze=False)
     for ax, method in zip(axes[0], methods, strict=True):
@@ -1042,18 +1042,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     keep = args.work / "runs" / manifest["content_hash"][:16]  # their result pickles
     if args.redo_ours:
-        redo = (
-            runs.side.isin([s for s in ("ours", "paired") if s in args.sides])
-            & runs.method.isin(args.methods)
-            & runs.seed.isin(args.seeds)
-        )
-        runs = runs[~redo].reset_index(drop=True)
-        redo = (
-            curves.side.isin([s for s in ("ours", "paired") if s in args.sides])
-            & curves.method.isin(args.methods)
-            & curves.seed.isin(args.seeds)
-        )
-        curves = curves[~redo].reset_index(drop=True)
+        ours = [s for s in ("ours", "paired") if s in args.sides]
+
+        def without_ours(frame: pd.DataFrame) -> pd.DataFrame:
+            redo = (
+                frame.side.isin(ours)
+                & frame.method.isin(args.methods)
+                & frame.seed.isin(args.seeds)
+            )
+            return frame[~redo].reset_index(drop=True)
+
+        runs, curves = without_ours(runs), without_ours(curves)
     for seed in args.seeds:
         for method in args.methods:
             for side in args.sides:

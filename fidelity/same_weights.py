@@ -23,15 +23,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from fidelity.crosscheck import ENV_WORLD, METRICS, CrossCheckError, authors_state
+from fidelity.crosscheck import METRICS, CrossCheckError, authors_state, run_script
 
 TRAINED_METHOD, TRAINED_SEED, BATCH_SEED = "2s", 0, 1
 
@@ -75,9 +72,7 @@ nominator.load_state_dict(ours["nominator"])
 nominator.eval()
 nominator.set_binary(False)
 u, a, p, r = twostage_world.bandit_log()
-sim_eval = ImpressionSimulator(use_impression_feats=True)
-sim_eval.load_state_dict(torch.load(twostage_world.DIR + "/simulator.pt"))
-ev = Evaluator(u[r > 0], a[r > 0], sim_eval, syn)
+ev = Evaluator(u[r > 0], a[r > 0], sim, syn)
 splits = {"val": list(range(twostage_world.NUM_VAL_USERS)),
           "test": list(range(twostage_world.NUM_VAL_USERS, nu))}
 metrics, logit_diff = [], 0.0
@@ -206,22 +201,8 @@ def check(prepared, config, copy: Path, export: Path, work: Path) -> dict:
             f"temperature {config.candidates.temperature}."
         )
     ours = our_side(prepared, config, work / "same_weights")
-    env = {
-        **os.environ,
-        ENV_WORLD: str(export.resolve()),
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(copy),
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(ours.resolve())],
-        cwd=copy,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        raise CrossCheckError(f"the same-weights check in {copy} failed:\n" + done.stderr[-3000:])
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    out = run_script(copy, export, SCRIPT, str(ours.resolve()), what="the same-weights check")
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def markdown(result: dict) -> list[str]:
