@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from tiny import TINY_OVERRIDES, tiny_config
 
+from twostage.models import Nominator
 from twostage.pipeline.cache import StageCache
-from twostage.pipeline.candidates import train_candidate_generator
+from twostage.pipeline.candidates import evaluate_epoch, train_candidate_generator
 from twostage.pipeline.config import CandidateConfig
 from twostage.pipeline.experiment import Prepared, prepare
 from twostage.results import summary_table
@@ -69,10 +71,13 @@ def test_without_a_valid_selection_metric_epoch_0_is_kept_and_evaluated(
 ):
     prepared, candidates = world
     evaluator = prepared.context.evaluator
-    metrics = evaluator.two_stage_metrics
-    monkeypatch.setattr(  # no validation user with a true positive: every selection value NaN
-        evaluator, "two_stage_metrics", lambda *a: {**metrics(*a), "Precision@10": float("nan")}
-    )
+    metrics = evaluator.metrics_from_top
+
+    def without_selection(*args):  # no validation user with a true positive: every value NaN
+        got = metrics(*args)
+        return {**got, "two-stage": {**got["two-stage"], "Precision@10": float("nan")}}
+
+    monkeypatch.setattr(evaluator, "metrics_from_top", without_selection)
     run = ("ce", 0, prepared.context, candidates, prepared.device)
     lazy_result = train_candidate_generator(*run)
     every_result = train_candidate_generator(*run, test_every_epoch=True)
@@ -80,3 +85,34 @@ def test_without_a_valid_selection_metric_epoch_0_is_kept_and_evaluated(
     assert lazy_result["state"].keys() == every_result["state"].keys() != set()
     lazy, every = frame(lazy_result, "ce", 0), frame(every_result, "ce", 0)
     assert split(lazy, "test").equals(split(every[every["epoch"] == 0], "test"))
+
+
+def test_an_epoch_evaluated_from_blocks_of_top_items_equals_the_whole_score_matrix(
+    world: tuple[Prepared, CandidateConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`evaluate_epoch` scores users in blocks and keeps their top items only; its rows equal
+    the evaluator's rewards and metrics of the whole score matrix, in any block size."""
+    prepared, candidates = world
+    context = prepared.context
+    torch.manual_seed(3)
+    model = Nominator(context.catalog)
+    with torch.no_grad():
+        scores = model.score_all(torch.arange(context.catalog.n_users))
+    ev = context.evaluator
+    expected = {
+        ("all", "one-stage", "reward"): ev.one_stage_reward(scores),
+        ("all", "two-stage", "reward"): ev.two_stage_reward(scores),
+    }
+    for split_name, users in (("val", context.val_users), ("test", context.test_users)):
+        for evaluation, metrics in (
+            ("one-stage", ev.one_stage_metrics(scores[users], users)),
+            ("two-stage", ev.two_stage_metrics(scores[users], users)),
+        ):
+            expected.update({(split_name, evaluation, k): v for k, v in metrics.items()})
+    for block in (1, 7, 10_000):
+        monkeypatch.setattr("twostage.pipeline.candidates.EVAL_BLOCK_USERS", block)
+        rows = evaluate_epoch(model, context, prepared.device)
+        got = {(r["split"], r["evaluation"], r["metric"]): r["value"] for r in rows}
+        assert got.keys() == expected.keys()
+        for key, value in expected.items():  # same rankings, so the same float arithmetic
+            assert got[key] == pytest.approx(value, rel=1e-12, abs=1e-12), (block, key)

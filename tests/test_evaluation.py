@@ -327,3 +327,28 @@ def test_bad_shapes_and_settings_are_refused() -> None:
         Evaluator(world.truth, torch.tensor([0]), torch.tensor([N_ITEMS]), world.ranker_scores)
     with pytest.raises(ConfigError):
         Evaluator(world.truth.float(), world.logged_users, world.logged_items, world.ranker_scores)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("mean_ap", [False, True])
+def test_rewards_and_metrics_from_top_items_equal_those_from_scores(
+    seed: int, mean_ap: bool
+) -> None:
+    """The pipeline keeps only each user's `top` items; every value equals the score path's."""
+    world = make_world(seed, varied=True)
+    evaluator = world.evaluator(mean_ap=mean_ap)
+    top = evaluator.top(world.scores)
+    assert top.shape == (N_USERS, evaluator.top_width)
+    rewards = evaluator.rewards_from_top(top)
+    assert rewards == {
+        "one-stage": evaluator.one_stage_reward(world.scores),
+        "two-stage": evaluator.two_stage_reward(world.scores),
+    }
+    users = torch.randperm(N_USERS, generator=torch.Generator().manual_seed(seed))[:20]
+    metrics = evaluator.metrics_from_top(top[users], users)
+    assert metrics == {
+        "one-stage": evaluator.one_stage_metrics(world.scores[users], users),
+        "two-stage": evaluator.two_stage_metrics(world.scores[users], users),
+    }
+    with pytest.raises(ConfigError):  # too narrow a top list is refused, not misread
+        evaluator.metrics_from_top(top[users, : evaluator.top_width - 1], users)

@@ -20,11 +20,28 @@ def squared_error(model: nn.Module):
     return lambda idx: ((model(X[idx]).squeeze(1) - Y[idx]) ** 2).mean()
 
 
-def test_fit_is_the_plain_loop():
+class EmbeddingModel(nn.Module):
+    """Several parameters of several shapes, an embedding among them (its dense gradient)."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows = nn.Embedding(10, 4)
+        self.linear = nn.Linear(3, 4)
+        self.out = nn.Linear(4, 1, bias=False)
+
+    def forward(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+        idx = torch.arange(len(x)) if idx is None else idx
+        return self.out(torch.relu(self.linear(x) + self.rows(idx % 10)))
+
+
+@pytest.mark.parametrize("make", [lambda: nn.Linear(3, 1), EmbeddingModel])
+def test_fit_is_the_plain_loop(make):
+    """`fit` steps one AdaGrad over all parameters as one flat tensor: the same steps, to the
+    bit, as torch's AdaGrad over the separate parameters."""
     torch.manual_seed(0)
-    plain = nn.Linear(3, 1)
+    plain = make()
     torch.manual_seed(0)
-    fitted_model = nn.Linear(3, 1)
+    fitted_model = make()
     optimizer, generator, losses = adagrad(plain, 0.1, 1e-4), seeded(5), []
     for _ in range(SCHEDULE.epochs):
         total = 0.0

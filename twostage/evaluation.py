@@ -51,7 +51,8 @@ class Evaluator:
     k: the candidate-set size of the two-stage evaluation (the paper's 30).
     precision_ks, recall_ks, ndcg_ks, mean_ap: which metrics the ``*_metrics`` methods report.
 
-    Inputs are never modified; the evaluator keeps references to ``truth`` and ``ranker_scores``.
+    Inputs are never modified; the evaluator keeps references to ``truth`` and ``ranker_scores``
+    (contiguous copies if they are not contiguous).
     """
 
     def __init__(
@@ -96,8 +97,10 @@ class Evaluator:
                 if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                     raise ConfigError(f"metric cut-offs must be positive integers, got {value!r}")
 
-        self.truth = truth
-        self.ranker_scores = ranker_scores
+        # Contiguous (no copy when they already are, as the pipeline's are): `_pairs` reads
+        # them by flat index.
+        self.truth = truth.contiguous()
+        self.ranker_scores = ranker_scores.contiguous()
         self.k = k
         self.precision_ks = tuple(precision_ks)
         self.recall_ks = tuple(recall_ks)
@@ -130,37 +133,88 @@ class Evaluator:
         _check_finite("scores", scores)
         return users.long()
 
-    def _top_unlogged(self, scores: Tensor, users: Tensor, width: int) -> Tensor:
-        """The `width` best-scored items of each user, logged positives last: (m, width) long.
+    def _wide(self, width: int) -> int:
+        """How many raw top items hold the unlogged top `width` of every user: a user has at
+        most `max_logged` logged items, so no masked copy of the score matrix is needed."""
+        return min(self.n_items, min(width, self.n_items) + self.max_logged)
 
-        Positions at or past ``n_available[users]`` hold logged items and are not real picks.
-        """
+    @property
+    def top_width(self) -> int:
+        """The raw top items (`top`) from which every reward and metric here is computed: the
+        one-stage ranking's and the k candidates' width, plus `max_logged`."""
+        return self._wide(max(self.k, self._one_stage_width()))
+
+    def _one_stage_width(self) -> int:
+        cut_offs = self.precision_ks + self.recall_ks + self.ndcg_ks
+        return self.n_items if self.mean_ap else max(cut_offs, default=1)
+
+    def top(self, scores: Tensor, users: Tensor | None = None, width: int | None = None) -> Tensor:
+        """Each user's `width` (default `top_width`) best-scored items, in score order, logged
+        items included: (m, width) long. scores: (m, n_items), rows aligned with `users`
+        (default all users). Every `*_from_top` method takes this, so a caller can score users
+        in blocks and keep only their top items (`twostage.pipeline.candidates.evaluate_epoch`)."""
+        self._check_scores(scores, users)
+        return self._topk(scores, self.top_width if width is None else width)
+
+    def _topk(self, scores: Tensor, width: int) -> Tensor:
         width = min(width, self.n_items)
-        # A user has at most `max_logged` logged items, so the unlogged top `width` are among the
-        # raw top `width + max_logged`: no masked copy of the whole score matrix is needed.
-        wide = min(self.n_items, width + self.max_logged)
-        blocks = []
-        for start in range(0, users.numel(), CHUNK_USERS):
-            rows = users[start : start + CHUNK_USERS]
-            top = scores[start : start + CHUNK_USERS].topk(wide, dim=1).indices  # (c, wide)
-            logged = self.excluded[rows[:, None], top].to(torch.uint8)
-            # Stable: unlogged items first, each group still in score order.
-            keep = logged.argsort(dim=1, stable=True)[:, :width]
-            blocks.append(top.gather(1, keep))
+        blocks = [
+            scores[start : start + CHUNK_USERS].topk(width, dim=1).indices
+            for start in range(0, scores.shape[0], CHUNK_USERS)
+        ]
         return torch.cat(blocks)
 
-    def _candidates(self, scores: Tensor, users: Tensor) -> tuple[Tensor, Tensor]:
-        """Top-k candidates re-ordered by the ranker: (m, k) long, and their count (m,) long."""
-        candidates = self._top_unlogged(scores, users, self.k)
+    def _check_top(self, top: Tensor, users: Tensor | None, width: int) -> Tensor:
+        """Validates top: (m, ≥ width) long and returns users: (m,) long (all users if None)."""
+        if users is None:
+            users = torch.arange(self.n_users, device=self.truth.device)
+        elif users.dim() != 1 or users.numel() == 0:
+            raise ConfigError(f"users must be a non-empty 1-D tensor, got {tuple(users.shape)}")
+        elif not (0 <= int(users.min()) and int(users.max()) < self.n_users):
+            raise ConfigError(f"users must lie in [0, {self.n_users})")
+        if top.dim() != 2 or top.shape[0] != users.numel() or top.shape[1] < width:
+            raise ConfigError(
+                f"top must have shape ({users.numel()}, ≥ {width}) (Evaluator.top), "
+                f"got {tuple(top.shape)}"
+            )
+        return users.long()
+
+    def _pairs(self, table: Tensor, users: Tensor, items: Tensor) -> Tensor:
+        """table[users[i], items[i, j]] for a (n_users, n_items) table: (m, w), by flat index
+        (faster than indexing with two tensors)."""
+        return table.view(-1)[users[:, None] * self.n_items + items]
+
+    def _unlogged(self, top: Tensor, users: Tensor, width: int) -> Tensor:
+        """The first `width` unlogged items of each raw top list (m, ≥ _wide(width)): (m, width)
+        long. Positions at or past ``n_available[users]`` hold logged items, not real picks."""
+        width = min(width, self.n_items)
+        top = top[:, : self._wide(width)]
+        logged = self._pairs(self.excluded, users, top).to(torch.uint8)
+        # Stable: unlogged items first, each group still in score order.
+        keep = logged.argsort(dim=1, stable=True)[:, :width]
+        return top.gather(1, keep)
+
+    def _top_unlogged(self, scores: Tensor, users: Tensor, width: int) -> Tensor:
+        """The `width` best-scored unlogged items of each user: (m, width) long."""
+        return self._unlogged(self._topk(scores, self._wide(width)), users, width)
+
+    def _rerank(self, top: Tensor, users: Tensor) -> tuple[Tensor, Tensor]:
+        """The top-k candidates of each raw top list re-ordered by the ranker: (m, k) long, and
+        their count (m,) long."""
+        candidates = self._unlogged(top, users, self.k)
         n_candidates = self.n_available[users].clamp(max=candidates.shape[1])
-        ranker = self.ranker_scores[users[:, None], candidates]
+        ranker = self._pairs(self.ranker_scores, users, candidates)
         real = torch.arange(candidates.shape[1], device=users.device) < n_candidates[:, None]
         order = ranker.masked_fill(~real, -torch.inf).argsort(dim=1, descending=True, stable=True)
         return candidates.gather(1, order), n_candidates
 
+    def _candidates(self, scores: Tensor, users: Tensor) -> tuple[Tensor, Tensor]:
+        """Top-k candidates re-ordered by the ranker: (m, k) long, and their count (m,) long."""
+        return self._rerank(self._topk(scores, self._wide(self.k)), users)
+
     def _reward(self, shown: Tensor, users: Tensor) -> float:
         """Share of users whose shown item (m,) is a true positive; users shown nothing score 0."""
-        good = self.truth[users, shown] & (self.n_available[users] > 0)
+        good = self._pairs(self.truth, users, shown[:, None])[:, 0] & (self.n_available[users] > 0)
         return float(good.to(torch.float64).mean())
 
     # -- rewards ----------------------------------------------------------------------------
@@ -179,15 +233,23 @@ class Evaluator:
         ranked, _ = self._candidates(scores, users)
         return self._reward(ranked[:, 0], users)
 
+    def rewards_from_top(self, top: Tensor) -> dict[str, float]:
+        """{"one-stage": …, "two-stage": …} rewards from every user's raw top items
+        (`top(scores)`: (n_users, ≥ top_width)); the same values as `one_stage_reward` and
+        `two_stage_reward` of those scores."""
+        users = self._check_top(top, None, self.top_width)
+        return {
+            "one-stage": self._reward(self._unlogged(top, users, 1)[:, 0], users),
+            "two-stage": self._reward(self._rerank(top, users)[0][:, 0], users),
+        }
+
     # -- ranking metrics --------------------------------------------------------------------
 
     def one_stage_metrics_per_user(self, scores: Tensor, users: Tensor) -> dict[str, Tensor]:
         """Per-user metrics of the generator's own ranking; values (m,) float64, NaN for users
         with no true positive. scores: (m, n_items) with rows aligned with users: (m,) long."""
         users = self._check_scores(scores, users)
-        cut_offs = self.precision_ks + self.recall_ks + self.ndcg_ks
-        width = self.n_items if self.mean_ap else max(cut_offs, default=1)
-        ranking = self._top_unlogged(scores, users, width)
+        ranking = self._top_unlogged(scores, users, self._one_stage_width())
         return self._per_user(ranking, users, self.n_available[users])
 
     def two_stage_metrics_per_user(self, scores: Tensor, users: Tensor) -> dict[str, Tensor]:
@@ -204,8 +266,20 @@ class Evaluator:
         """Mean two-stage metrics over `users` with at least one true positive."""
         return mean_over_users(self.two_stage_metrics_per_user(scores, users))
 
+    def metrics_from_top(self, top: Tensor, users: Tensor) -> dict[str, dict[str, float]]:
+        """{"one-stage": metrics, "two-stage": metrics} of `users` (m,) from their raw top items
+        (`top`: (m, ≥ top_width), rows aligned with users); the same values as
+        `one_stage_metrics` and `two_stage_metrics` of those scores."""
+        users = self._check_top(top, users, self.top_width)
+        one_stage = self._unlogged(top, users, self._one_stage_width())
+        two_stage, n_candidates = self._rerank(top, users)
+        return {
+            "one-stage": mean_over_users(self._per_user(one_stage, users, self.n_available[users])),
+            "two-stage": mean_over_users(self._per_user(two_stage, users, n_candidates)),
+        }
+
     def _per_user(self, ranking: Tensor, users: Tensor, lengths: Tensor) -> dict[str, Tensor]:
-        hits = self.truth[users[:, None], ranking]  # (m, L) bool
+        hits = self._pairs(self.truth, users, ranking)  # (m, L) bool
         return per_user_ranking_metrics(
             hits,
             self.n_relevant[users],

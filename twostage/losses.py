@@ -87,7 +87,9 @@ def cross_entropy_loss(logits: torch.Tensor, actions: torch.Tensor) -> torch.Ten
     """
     _check_logits(logits)
     _check_actions(actions, logits)
-    return -F.log_softmax(logits, dim=1).gather(1, actions.view(-1, 1)).mean()
+    # The same log-softmax and gradient as −log_softmax(logits).gather(actions).mean(), with a
+    # sparse backward for the gathered entries (no dense zero matrix then a scatter).
+    return F.cross_entropy(logits, actions)
 
 
 def _weights_from_pi_a(
@@ -181,9 +183,9 @@ def ips_loss(
         () scalar loss.
     """
     _check_inputs(logits, actions, propensities, cap, floor)
-    log_pi_a = F.log_softmax(logits, dim=1).gather(1, actions.view(-1, 1)).squeeze(1)
-    weights = _weights_from_pi_a(log_pi_a.detach().exp(), propensities, cap, floor)
-    return -(weights * log_pi_a).mean()
+    neg_log_pi_a = F.cross_entropy(logits, actions, reduction="none")  # −log π(a_i), (batch,)
+    weights = _weights_from_pi_a((-neg_log_pi_a.detach()).exp(), propensities, cap, floor)
+    return (weights * neg_log_pi_a).mean()
 
 
 def _check_slates(slates: torch.Tensor, batch: int, n_items: int) -> None:

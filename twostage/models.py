@@ -40,10 +40,20 @@ class ItemRepresentation(nn.Module):
         genre_part = genre_dim if catalog.n_genres else 0
         self.dim = item_dim + feature_dim * len(catalog.item_cardinalities) + genre_part
 
-    def forward(self, categorical: torch.Tensor, genres: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, categorical: torch.Tensor, genres: torch.Tensor, *, whole_catalog: bool = False
+    ) -> torch.Tensor:
         """categorical: (b, 1 + n_fields) long [dense id, side features]; genres: (b, n_genres)
-        → (b, dim)."""
-        parts = [self.item_embedding(categorical[:, 0])]
+        → (b, dim).
+
+        `whole_catalog`: the rows are every item in id order (dense ids 1..b), so the id
+        embeddings are the table's rows 1..b, taken as a slice: the same values and gradient as
+        the lookup, with a cheaper backward than an embedding of every item's index.
+        """
+        if whole_catalog:
+            parts = [self.item_embedding.weight[1 : categorical.shape[0] + 1]]
+        else:
+            parts = [self.item_embedding(categorical[:, 0])]
         parts += [emb(categorical[:, i + 1]) for i, emb in enumerate(self.feature_embeddings)]
         if self.genre_linear is not None:
             parts.append(self.genre_linear(genres))
@@ -79,6 +89,8 @@ class _CatalogModel(nn.Module):
         self.register_buffer("user_features", catalog.user_features.clone(), persistent=False)
         self.register_buffer("item_features", catalog.item_features.clone(), persistent=False)
         self.register_buffer("item_genres", catalog.item_genres.clone(), persistent=False)
+        ids = catalog.item_features[:, 0]
+        self._ids_in_order = torch.equal(ids, torch.arange(1, len(ids) + 1, dtype=ids.dtype))
 
     @property
     def n_items(self) -> int:
@@ -91,7 +103,9 @@ class _CatalogModel(nn.Module):
     def items(self, items: torch.Tensor | None = None) -> torch.Tensor:
         """items: (b,) long rows, or None for the whole catalogue → (b or n_items, item_dim)."""
         if items is None:
-            return self.item_rep(self.item_features, self.item_genres)
+            return self.item_rep(
+                self.item_features, self.item_genres, whole_catalog=self._ids_in_order
+            )
         return self.item_rep(self.item_features[items], self.item_genres[items])
 
 

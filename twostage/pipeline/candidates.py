@@ -43,6 +43,30 @@ def validation_size(n_users: int) -> int:
 SPLITS = ("all", "val", "test")  # rewards on all users; ranking metrics on val and test users
 
 
+# Users scored at once when evaluating: a block's (users, n_items) scores stay in cache while
+# `topk` reads them (64-user blocks took 104 ms for all 6,040 ML-1M users on one thread of the
+# 2-core CPU, against 185 ms for the whole score matrix then one `topk`).
+EVAL_BLOCK_USERS = 64
+
+
+def top_items(
+    model: Nominator, evaluator: Evaluator, n_users: int, device: torch.device
+) -> torch.Tensor:
+    """Every user's raw top `evaluator.top_width` items under `model`: (n_users, width) long on
+    the CPU, scored a block of users at a time on `device`; the whole score matrix is never
+    held."""
+    model.eval()
+    with torch.no_grad():
+        items = model.items()  # (n_items, dim), once for all blocks
+        blocks = []
+        for start in range(0, n_users, EVAL_BLOCK_USERS):
+            users = torch.arange(start, min(start + EVAL_BLOCK_USERS, n_users), device=device)
+            scores = model.user_vectors(users) @ items.T
+            blocks.append(evaluator.top(scores, users).cpu())
+    model.train()
+    return torch.cat(blocks)
+
+
 def evaluate_epoch(
     model: Nominator,
     context: Context,
@@ -53,30 +77,22 @@ def evaluate_epoch(
     "all" — one- and two-stage rewards on all users; "val", "test" — one- and two-stage ranking
     metrics on the validation or test users.
 
-    Every user is scored by the same call whatever `splits` holds, so a split's rows do not
-    depend on which other splits are asked for.
+    Every user's top items come from the same call whatever `splits` holds, so a split's rows do
+    not depend on which other splits are asked for. The values equal the evaluator's
+    `*_reward(scores)` and `*_metrics(scores, users)` of the whole score matrix (tested).
     """
-    model.eval()
-    with torch.no_grad():
-        scores = model.score_all(torch.arange(context.catalog.n_users, device=device)).cpu()
-    model.train()
     ev = context.evaluator
+    top = top_items(model, ev, context.catalog.n_users, device)
     rows = []
     if "all" in splits:
         rows += [
-            {"split": "all", "evaluation": evaluation, "metric": "reward", "value": reward(scores)}
-            for evaluation, reward in (
-                ("one-stage", ev.one_stage_reward),
-                ("two-stage", ev.two_stage_reward),
-            )
+            {"split": "all", "evaluation": evaluation, "metric": "reward", "value": value}
+            for evaluation, value in ev.rewards_from_top(top).items()
         ]
     for split, users in (("val", context.val_users), ("test", context.test_users)):
         if split not in splits:
             continue
-        for evaluation, metrics in (
-            ("one-stage", ev.one_stage_metrics(scores[users], users)),
-            ("two-stage", ev.two_stage_metrics(scores[users], users)),
-        ):
+        for evaluation, metrics in ev.metrics_from_top(top[users], users).items():
             rows += [
                 {"split": split, "evaluation": evaluation, "metric": name, "value": value}
                 for name, value in metrics.items()

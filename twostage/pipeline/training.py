@@ -49,6 +49,30 @@ def adagrad(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Ada
     return torch.optim.Adagrad(model.parameters(), lr=lr, weight_decay=weight_decay)
 
 
+def flat_parameters(model: nn.Module) -> nn.Parameter:
+    """Put every parameter of `model` into one flat tensor and its gradient into another.
+
+    Each parameter becomes a view of the returned (n_parameters,) Parameter, and each
+    parameter's `.grad` a view of that Parameter's `.grad`, into which backward accumulates.
+    AdaGrad is elementwise, so one optimiser over the flat tensor takes the same steps as one
+    over the separate parameters, in one pass instead of a dozen small ones per operation (about
+    a millisecond a step on the 2-core CPU). Every parameter must receive a gradient each step,
+    as in every model here: a parameter left out of a step would get a zero gradient (and
+    weight decay) instead of being skipped.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    data = torch.cat([p.detach().reshape(-1) for p in params])
+    flat = nn.Parameter(data)
+    flat.grad = torch.zeros_like(data)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.data = data[offset : offset + n].view_as(p)
+        p.grad = flat.grad[offset : offset + n].view_as(p)
+        offset += n
+    return flat
+
+
 def check_finite(loss: torch.Tensor, *, stage: str, epoch: int, step: int) -> None:
     """Stop with a message naming stage, epoch and step instead of training on NaN."""
     if not torch.isfinite(loss).all():
@@ -131,7 +155,8 @@ def fit(
     ends training by returning True. A non-finite loss, or a `NumericsError` raised by
     `batch_loss`, stops training with the stage, epoch and step in the message.
     """
-    optimizer = adagrad(model, schedule.lr, schedule.weight_decay)
+    flat = flat_parameters(model)
+    optimizer = torch.optim.Adagrad([flat], lr=schedule.lr, weight_decay=schedule.weight_decay)
     fitted = Fitted()
     for epoch in range(schedule.epochs):
         total, steps_in_epoch = 0.0, 0
@@ -144,7 +169,7 @@ def fit(
             except NumericsError as err:  # name where it happened, not only the batch row
                 raise NumericsError(f"{stage}, epoch {epoch}, step {step}: {err}") from err
             check_finite(loss, stage=stage, epoch=epoch, step=step)
-            optimizer.zero_grad()
+            flat.grad.zero_()
             loss.backward()
             optimizer.step()
             total += loss.item()
