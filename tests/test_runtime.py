@@ -21,8 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_runtime_settings_are_not_experiment_settings():
     names = {f.name for f in dataclasses.fields(ExperimentConfig)}
     world = {f.name for f in dataclasses.fields(WorldConfig)}
-    assert "threads" not in names and "chunk_users" not in world
-    assert {f.name for f in dataclasses.fields(Runtime)} == {"threads", "chunk_users", "jobs"}
+    runtime = {f.name for f in dataclasses.fields(Runtime)}
+    assert runtime == {"threads", "chunk_users", "jobs", "backend", "address"}
+    assert not runtime & names and "chunk_users" not in world
 
 
 def test_runtime_refuses_what_cannot_work():

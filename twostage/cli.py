@@ -72,6 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
         "(default 1; CPU only): on 2 cores, --jobs 2 gives each run one thread",
     )
     experiment.add_argument(
+        "--backend",
+        choices=["local", "ray"],
+        default="local",
+        help="local: this process, or --jobs forked workers (default); ray: every run a Ray "
+        "task, on a Ray instance started with --threads CPUs or on the cluster at --address "
+        '(pip install -e ".[ray]")',
+    )
+    experiment.add_argument(
+        "--address",
+        help="with --backend ray: a running Ray cluster's address (host:port of its head, or "
+        "auto); each task uses threads/jobs CPUs and threads",
+    )
+    experiment.add_argument(
         "--cache-dir", help="stage cache (default $TWOSTAGE_CACHE or the user cache)"
     )
 
@@ -246,6 +259,8 @@ FLAGS = {
     "device": "--device",
     "runtime.threads": "--threads",
     "runtime.jobs": "--jobs",
+    "runtime.backend": "--backend",
+    "runtime.address": "--address",
     "candidates.alpha": "--alpha",
     "candidates.epochs": "--epochs",
     "world.cut": "--cut",
@@ -297,7 +312,9 @@ def experiment_config(args: argparse.Namespace):
 def runtime(args: argparse.Namespace):
     from twostage.runtime import Runtime
 
-    return Runtime(threads=args.threads, jobs=args.jobs)
+    return Runtime(
+        threads=args.threads, jobs=args.jobs, backend=args.backend, address=args.address
+    )
 
 
 def default_out(config) -> Path:

@@ -18,6 +18,10 @@ On a busy machine fewer threads are often faster: `benchmarks/README.md`, "The r
 the stages' tensors; the threads are split between them (`threads_per_job`). A run's numbers
 depend on its thread count, not on its neighbours: `--jobs 2 --threads 2` gives each run one
 thread, and exactly the results of `--threads 1`.
+
+`backend="ray"` trains the runs as Ray tasks instead (`twostage.pipeline.ray_backend`): on a
+Ray instance started for the run with `threads` CPUs, or on the cluster at `address`; each task
+pins `threads_per_job()` threads, so the results are again those of that thread count.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from twostage.errors import ConfigError
 THREADS_FLAG = "--threads"
 THREADS_ENV = "$OMP_NUM_THREADS"
 THREADS_ALL = "all cores"
+BACKENDS = ("local", "ray")
 
 
 def machine_cores() -> int:
@@ -59,8 +64,20 @@ class Runtime:
     threads: int = 0  # torch CPU threads; 0: $OMP_NUM_THREADS, else every core (module doc)
     chunk_users: int = 256  # users per block when the world scores every user × item pair
     jobs: int = 1  # (method, seed) runs trained at once, each in a worker process
+    backend: str = "local"  # local: this process or forked workers; ray: Ray tasks
+    address: str | None = None  # with backend ray: a running cluster's address (else a new one)
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(
+                f"runtime.backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}.",
+                "runtime.backend",
+            )
+        if self.address is not None and self.backend != "ray":
+            raise ConfigError(
+                f"runtime.address {self.address!r} is for the ray backend; add --backend ray.",
+                "runtime.address",
+            )
         if self.threads < 0:
             raise ConfigError(
                 f"runtime.threads must be ≥ 0, got {self.threads}.", "runtime.threads"

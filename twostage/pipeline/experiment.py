@@ -299,7 +299,18 @@ def run_key(prepared: Prepared, config: ExperimentConfig, method: str, seed: int
 
 
 def check_jobs(runtime: Runtime, device: torch.device) -> None:
-    """Refuse, before any work, `jobs` > 1 where worker processes cannot share the stages."""
+    """Refuse, before any work, `jobs` > 1 where worker processes cannot share the stages, and
+    the ray backend without Ray or off the CPU."""
+    if runtime.backend == "ray":
+        from twostage.pipeline.ray_backend import require_ray
+
+        if device.type != "cpu":
+            raise ConfigError(
+                f"--backend ray trains on the CPU only for now (device {device.type}).",
+                "device",
+            )
+        require_ray()
+        return
     if runtime.jobs == 1:
         return
     if device.type != "cpu":
@@ -316,6 +327,36 @@ def check_jobs(runtime: Runtime, device: torch.device) -> None:
         )
 
 
+def train_run(
+    context: Context,
+    config: ExperimentConfig,
+    device: torch.device,
+    job: tuple[str, int, str],
+    progress: tqdm | None = None,
+) -> dict:
+    """One (method, seed) run, the unit of every backend: `train_candidate_generator`'s result
+    with the run's key, method, seed and seconds (the model state still in it)."""
+    method, seed, key = job
+    start = time.perf_counter()
+    result = train_candidate_generator(
+        method, seed, context, config.candidates, device, progress=progress
+    )
+    result.update(key=key, method=method, seed=seed, seconds=round(time.perf_counter() - start, 3))
+    return result
+
+
+def store_run(path: Path, result: dict) -> dict:
+    """Write a run at `path` (.json) and its model state beside it (.pt); return the result
+    without the state."""
+    result = dict(result)
+    buffer = io.BytesIO()
+    torch.save(result.pop("state"), buffer)
+    # The model first: a finished run's .json implies its .pt.
+    atomic_write_bytes(path.with_suffix(".pt"), buffer.getvalue())
+    atomic_write_text(path, json.dumps(result))
+    return result
+
+
 def _train_and_store(
     context: Context,
     config: ExperimentConfig,
@@ -325,18 +366,7 @@ def _train_and_store(
     progress: tqdm | None = None,
 ) -> dict:
     """Train one run and store it at `path` (.json) and beside it (.pt); return its results."""
-    method, seed, key = job
-    start = time.perf_counter()
-    result = train_candidate_generator(
-        method, seed, context, config.candidates, device, progress=progress
-    )
-    result.update(key=key, method=method, seed=seed, seconds=round(time.perf_counter() - start, 3))
-    buffer = io.BytesIO()
-    torch.save(result.pop("state"), buffer)
-    # The model first: a finished run's .json implies its .pt.
-    atomic_write_bytes(path.with_suffix(".pt"), buffer.getvalue())
-    atomic_write_text(path, json.dumps(result))
-    return result
+    return store_run(path, train_run(context, config, device, job, progress))
 
 
 # What forked workers inherit from `run_all`: set just before the pool forks, cleared after.
@@ -367,8 +397,9 @@ def run_all(
 
     A run whose file exists with the same key is not recomputed: an interrupted sweep resumes.
     With `runtime.jobs` > 1 the runs left to do train that many at once in forked worker
-    processes, each with `runtime.threads_per_job()` threads; a kill loses only the runs in
-    flight.
+    processes, each with `runtime.threads_per_job()` threads; with `runtime.backend == "ray"`
+    they train as Ray tasks (`ray_backend`), stored here as each finishes. A kill loses only the
+    runs in flight.
     """
     runtime = runtime or Runtime()
     check_jobs(runtime, prepared.device)
@@ -391,7 +422,17 @@ def run_all(
     n_runs = len(config.methods) * len(config.seeds)
     with tqdm(total=n_runs * epochs, desc="candidate generators", disable=not verbose) as bar:
         bar.update(len(done) * epochs)
-        if runtime.jobs == 1 or len(todo) <= 1:
+        if runtime.backend == "ray" and todo:
+            from twostage.pipeline import ray_backend
+
+            for job, result in ray_backend.run_jobs(
+                prepared.context, config, prepared.device, todo, runtime
+            ):
+                path = runs_dir / f"{job[0]}-seed{job[1]}.json"
+                done[job[:2]] = store_run(path, result)
+                bar.set_postfix_str(f"{job[0]} seed {job[1]} done")
+                bar.update(epochs)
+        elif runtime.jobs == 1 or len(todo) <= 1:
             for job in todo:
                 bar.set_postfix_str(f"{job[0]} seed {job[1]}")
                 path = runs_dir / f"{job[0]}-seed{job[1]}.json"
@@ -506,7 +547,9 @@ def run_metadata(
             "threads_from": runtime.resolve_threads()[1],
             # The candidate generators' threads: each worker's when runs train in parallel.
             "run_threads": (
-                runtime.threads_per_job() if runtime.jobs > 1 else torch.get_num_threads()
+                runtime.threads_per_job()
+                if runtime.jobs > 1 or runtime.backend == "ray"
+                else torch.get_num_threads()
             ),
         },
         "package_version": twostage.__version__,
