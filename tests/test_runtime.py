@@ -64,7 +64,7 @@ def test_every_core_is_what_this_process_may_use():
     assert runtime.env_threads({}) is None
 
 
-@pytest.mark.parametrize("name", ["synthetic-ml1m", "beyond/ml-100k-inclusion"])
+@pytest.mark.parametrize("name", ["beyond/ml-100k-topk-single", "beyond/ml-100k-inclusion"])
 def test_committed_runs_with_runtime_settings_in_their_config_still_load(name: str):
     values = json.loads((ROOT / "results" / name / "run.json").read_text())["config"]
     assert "threads" in values and "chunk_users" in values["world"]  # written by an older version
@@ -72,7 +72,7 @@ def test_committed_runs_with_runtime_settings_in_their_config_still_load(name: s
     assert config.dataset == values["dataset"] and config.world.seed == values["world"]["seed"]
 
 
-@pytest.mark.parametrize("name", ["ml-100k", "worlds-ml-100k/world-0"])
+@pytest.mark.parametrize("name", ["ml-100k", "worlds-ml-100k/world-0", "synthetic-ml1m"])
 def test_committed_runs_of_this_version_keep_runtime_settings_out_of_their_config(name: str):
     meta = json.loads((ROOT / "results" / name / "run.json").read_text())
     values = meta["config"]
