@@ -312,9 +312,7 @@ def experiment_config(args: argparse.Namespace):
 def runtime(args: argparse.Namespace):
     from twostage.runtime import Runtime
 
-    return Runtime(
-        threads=args.threads, jobs=args.jobs, backend=args.backend, address=args.address
-    )
+    return Runtime(threads=args.threads, jobs=args.jobs, backend=args.backend, address=args.address)
 
 
 def default_out(config) -> Path:

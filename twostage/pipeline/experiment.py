@@ -332,7 +332,7 @@ def train_run(
     config: ExperimentConfig,
     device: torch.device,
     job: tuple[str, int, str],
-    progress: tqdm | None = None,
+    progress=None,
 ) -> dict:
     """One (method, seed) run, the unit of every backend: `train_candidate_generator`'s result
     with the run's key, method, seed and seconds (the model state still in it)."""

@@ -17,16 +17,14 @@ any work with a message that says so.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import torch
 
 from twostage.errors import ConfigError
+from twostage.pipeline.candidates import Context
+from twostage.pipeline.config import ExperimentConfig
 from twostage.runtime import Runtime
-
-if TYPE_CHECKING:
-    import torch
-
-    from twostage.pipeline.candidates import Context
-    from twostage.pipeline.config import ExperimentConfig
 
 INSTALL = 'pip install -e ".[ray]" (or pip install "ray>=2.9")'
 
@@ -65,8 +63,6 @@ def connect(runtime: Runtime) -> Any:
 
 def _task(context: Context, config: ExperimentConfig, job: tuple[str, int, str], threads: int):
     """One run in a Ray worker, with `threads` torch threads (the local backend's unit)."""
-    import torch
-
     from twostage.pipeline.experiment import train_run
 
     torch.set_num_threads(threads)
