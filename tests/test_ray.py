@@ -82,7 +82,12 @@ def test_a_sweep_on_ray_gives_the_local_sweep(local_runs, ray):
     finally:
         torch.set_num_threads(before)
     runtime = Runtime(threads=2, jobs=2, backend="ray")  # starts its own local instance
-    on_ray = sweep(config, grid, tmp / "sweep-ray", cache_dir=cache, runtime=runtime, verbose=False)
+    try:  # the sweep sets this process's threads (the stages'); later tests expect them back
+        on_ray = sweep(
+            config, grid, tmp / "sweep-ray", cache_dir=cache, runtime=runtime, verbose=False
+        )
+    finally:
+        torch.set_num_threads(before)
     assert ray.is_initialized()
     assert on_ray.to_csv(index=False) == local.to_csv(index=False)
     assert (tmp / "sweep-ray" / "sweep.csv").read_bytes() == (
