@@ -117,14 +117,19 @@ class Evaluator:
 
     # -- ranking --------------------------------------------------------------------------
 
+    def _check_users(self, users: Tensor | None) -> Tensor:
+        """Validates users: (m,) row indices and returns them (all users if None)."""
+        if users is None:
+            return torch.arange(self.n_users, device=self.truth.device)
+        if users.dim() != 1 or users.numel() == 0:
+            raise ConfigError(f"users must be a non-empty 1-D tensor, got {tuple(users.shape)}")
+        if not (0 <= int(users.min()) and int(users.max()) < self.n_users):
+            raise ConfigError(f"users must lie in [0, {self.n_users})")
+        return users
+
     def _check_scores(self, scores: Tensor, users: Tensor | None) -> Tensor:
         """Validates scores: (m, n_items) and returns users: (m,) long (all users if None)."""
-        if users is None:
-            users = torch.arange(self.n_users, device=self.truth.device)
-        elif users.dim() != 1 or users.numel() == 0:
-            raise ConfigError(f"users must be a non-empty 1-D tensor, got {tuple(users.shape)}")
-        elif not (0 <= int(users.min()) and int(users.max()) < self.n_users):
-            raise ConfigError(f"users must lie in [0, {self.n_users})")
+        users = self._check_users(users)
         if scores.shape != (users.numel(), self.n_items) or not scores.is_floating_point():
             raise ConfigError(
                 f"scores must be float of shape ({users.numel()}, {self.n_items}), "
@@ -166,12 +171,7 @@ class Evaluator:
 
     def _check_top(self, top: Tensor, users: Tensor | None, width: int) -> Tensor:
         """Validates top: (m, ≥ width) long and returns users: (m,) long (all users if None)."""
-        if users is None:
-            users = torch.arange(self.n_users, device=self.truth.device)
-        elif users.dim() != 1 or users.numel() == 0:
-            raise ConfigError(f"users must be a non-empty 1-D tensor, got {tuple(users.shape)}")
-        elif not (0 <= int(users.min()) and int(users.max()) < self.n_users):
-            raise ConfigError(f"users must lie in [0, {self.n_users})")
+        users = self._check_users(users)
         if top.dim() != 2 or top.shape[0] != users.numel() or top.shape[1] < width:
             raise ConfigError(
                 f"top must have shape ({users.numel()}, ≥ {width}) (Evaluator.top), "
