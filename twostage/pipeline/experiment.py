@@ -425,9 +425,7 @@ def run_all(
         if runtime.backend == "ray" and todo:
             from twostage.pipeline import ray_backend
 
-            for job, result in ray_backend.run_jobs(
-                prepared.context, config, prepared.device, todo, runtime
-            ):
+            for job, result in ray_backend.run_jobs(prepared.context, config, todo, runtime):
                 path = runs_dir / f"{job[0]}-seed{job[1]}.json"
                 done[job[:2]] = store_run(path, result)
                 bar.set_postfix_str(f"{job[0]} seed {job[1]} done")

@@ -72,16 +72,12 @@ def _task(context: Context, config: ExperimentConfig, job: tuple[str, int, str],
 def run_jobs(
     context: Context,
     config: ExperimentConfig,
-    device: torch.device,
     jobs: list[tuple[str, int, str]],
     runtime: Runtime,
 ) -> Iterator[tuple[tuple[str, int, str], dict]]:
-    """Train `jobs` as Ray tasks and yield (job, result) as each finishes (any order); the
-    result is `experiment.train_run`'s, with the model state."""
-    if device.type != "cpu":
-        raise ConfigError(
-            f"--backend ray trains on the CPU only for now (device {device.type}).", "device"
-        )
+    """Train `jobs` as Ray tasks on the CPU and yield (job, result) as each finishes (any
+    order); the result is `experiment.train_run`'s, with the model state. The caller refuses
+    other devices first (`experiment.check_jobs`, as `run_all` does)."""
     ray = connect(runtime)
     threads = runtime.threads_per_job()
     remote = ray.remote(num_cpus=threads, max_retries=0)(_task)
