@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from twostage.errors import ConfigError, NumericsError
-from twostage.evaluation import Evaluator
+from twostage.evaluation import CompactEvaluator, Evaluator, pack_truth
 
 N_USERS, N_ITEMS, K = 50, 80, 10
 ALL_LOGGED = (3, 17)  # users whose every item is a logged positive
@@ -352,3 +352,77 @@ def test_rewards_and_metrics_from_top_items_equal_those_from_scores(
     }
     with pytest.raises(ConfigError):  # too narrow a top list is refused, not misread
         evaluator.metrics_from_top(top[users, : evaluator.top_width - 1], users)
+
+
+# -- the compact evaluator: a fixed set of users, bit-packed truth, ranker vectors ------------
+
+
+def test_pack_truth_puts_item_i_in_bit_i_mod_8_of_byte_i_div_8() -> None:
+    truth = torch.rand(7, 21, generator=torch.Generator().manual_seed(0)) < 0.4
+    packed = pack_truth(truth)
+    assert packed.dtype == torch.uint8 and packed.shape == (7, 3)
+    bits = (packed[:, :, None] >> torch.arange(8, dtype=torch.uint8)) & 1
+    assert torch.equal(bits.reshape(7, 24)[:, :21].bool(), truth)
+    assert not bits.reshape(7, 24)[:, 21:].any()  # the padding stays clear
+
+
+def compact_and_dense(seed: int, mean_ap: bool = False) -> tuple[CompactEvaluator, Evaluator]:
+    """The same evaluated users judged by both evaluators: 30 of the world's 50 users in a
+    shuffled order, a ranker given by vectors (the dense one gets their dot products)."""
+    world = make_world(seed, varied=True)
+    g = torch.Generator().manual_seed(100 + seed)
+    users = torch.randperm(N_USERS, generator=g)[:30]
+    context, items = torch.randn(N_USERS, 4, generator=g), torch.randn(N_ITEMS, 4, generator=g)
+    ranker = (context[users][:, None, :] * items[None, :, :]).sum(2)
+    compact = CompactEvaluator(
+        users, pack_truth(world.truth[users]), N_ITEMS, world.logged_users, world.logged_items,
+        context[users], items, K, mean_ap=mean_ap,
+    )  # fmt: skip
+    row_of = torch.full((N_USERS,), -1)
+    row_of[users] = torch.arange(len(users))
+    kept = row_of[world.logged_users] >= 0
+    dense = Evaluator(
+        world.truth[users], row_of[world.logged_users[kept]], world.logged_items[kept], ranker, K,
+        mean_ap=mean_ap,
+    )  # fmt: skip
+    return compact, dense
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("mean_ap", [False, True])
+def test_the_compact_evaluator_equals_the_dense_one(seed: int, mean_ap: bool) -> None:
+    compact, dense = compact_and_dense(seed, mean_ap)
+    assert torch.equal(compact.n_relevant, dense.n_relevant)
+    assert torch.equal(compact.n_available, dense.n_available)
+    assert compact.max_logged == dense.max_logged and compact.top_width == dense.top_width
+    scores = torch.randn(30, N_ITEMS, generator=torch.Generator().manual_seed(seed))
+    top = compact.top(scores)
+    assert torch.equal(top, dense.top(scores))
+    assert compact.rewards_from_top(top) == dense.rewards_from_top(top)
+    rows = torch.arange(5, 25)
+    assert compact.metrics_from_top(top[rows], rows) == dense.metrics_from_top(top[rows], rows)
+    per_user = compact.two_stage_metrics_per_user(scores[rows], rows)
+    for name, values in dense.two_stage_metrics_per_user(scores[rows], rows).items():
+        assert torch.allclose(per_user[name], values, rtol=0, atol=0, equal_nan=True), name
+    assert compact.one_stage_reward(scores) == dense.one_stage_reward(scores)
+    assert compact.two_stage_reward(scores) == dense.two_stage_reward(scores)
+
+
+def test_the_compact_evaluator_refuses_mismatched_inputs() -> None:
+    users = torch.arange(4)
+    bits = torch.zeros(4, 3, dtype=torch.uint8)
+    logged = torch.tensor([0, 1]), torch.tensor([2, 3])
+    vectors, items = torch.zeros(4, 2), torch.zeros(20, 2)
+    CompactEvaluator(users, bits, 20, *logged, vectors, items)  # accepted
+    bad = [
+        (users, torch.zeros(4, 2, dtype=torch.uint8), 20, *logged, vectors, items),  # too narrow
+        (users, bits.bool(), 20, *logged, vectors, items),  # not packed
+        (torch.tensor([0, 0, 1, 2]), bits, 20, *logged, vectors, items),  # repeated users
+        (users, bits, 20, torch.tensor([0]), torch.tensor([20]), vectors, items),  # item ≥ n
+        (users, bits, 20, *logged, vectors[:3], items),
+        (users, bits, 20, *logged, vectors, torch.zeros(20, 3)),
+        (users, bits, 20, *logged, torch.full((4, 2), torch.nan), items),
+    ]
+    for args in bad:
+        with pytest.raises((ConfigError, NumericsError)):
+            CompactEvaluator(*args)

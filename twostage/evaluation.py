@@ -114,13 +114,28 @@ class Evaluator:
         self.max_logged = int(n_logged.max()) if n_users else 0
         self.n_available = n_items - n_logged  # (n_users,) unlogged items per user
         self.n_relevant = truth.sum(1)  # (n_users,), logged true positives included
+        self.device = truth.device
+
+    # -- what is looked up per (user, item) pair: the subclass `CompactEvaluator` overrides these
+
+    def _truth_at(self, users: Tensor, items: Tensor) -> Tensor:
+        """Truth of (users[i], items[i, j]): (m, w) bool; users (m,) rows, items (m, w) long."""
+        return self._pairs(self.truth, users, items)
+
+    def _logged_at(self, users: Tensor, items: Tensor) -> Tensor:
+        """Whether (users[i], items[i, j]) is a logged positive: (m, w) bool."""
+        return self._pairs(self.excluded, users, items)
+
+    def _ranker_at(self, users: Tensor, items: Tensor) -> Tensor:
+        """The ranker's score of (users[i], items[i, j]): (m, w) float."""
+        return self._pairs(self.ranker_scores, users, items)
 
     # -- ranking --------------------------------------------------------------------------
 
     def _check_users(self, users: Tensor | None) -> Tensor:
         """Validates users: (m,) row indices and returns them (all users if None)."""
         if users is None:
-            return torch.arange(self.n_users, device=self.truth.device)
+            return torch.arange(self.n_users, device=self.device)
         if users.dim() != 1 or users.numel() == 0:
             raise ConfigError(f"users must be a non-empty 1-D tensor, got {tuple(users.shape)}")
         if not (0 <= int(users.min()) and int(users.max()) < self.n_users):
@@ -189,7 +204,7 @@ class Evaluator:
         long. Positions at or past ``n_available[users]`` hold logged items, not real picks."""
         width = min(width, self.n_items)
         top = top[:, : self._wide(width)]
-        logged = self._pairs(self.excluded, users, top).to(torch.uint8)
+        logged = self._logged_at(users, top).to(torch.uint8)
         # Stable: unlogged items first, each group still in score order.
         keep = logged.argsort(dim=1, stable=True)[:, :width]
         return top.gather(1, keep)
@@ -203,7 +218,7 @@ class Evaluator:
         their count (m,) long."""
         candidates = self._unlogged(top, users, self.k)
         n_candidates = self.n_available[users].clamp(max=candidates.shape[1])
-        ranker = self._pairs(self.ranker_scores, users, candidates)
+        ranker = self._ranker_at(users, candidates)
         real = torch.arange(candidates.shape[1], device=users.device) < n_candidates[:, None]
         order = ranker.masked_fill(~real, -torch.inf).argsort(dim=1, descending=True, stable=True)
         return candidates.gather(1, order), n_candidates
@@ -214,7 +229,7 @@ class Evaluator:
 
     def _reward(self, shown: Tensor, users: Tensor) -> float:
         """Share of users whose shown item (m,) is a true positive; users shown nothing score 0."""
-        good = self._pairs(self.truth, users, shown[:, None])[:, 0] & (self.n_available[users] > 0)
+        good = self._truth_at(users, shown[:, None])[:, 0] & (self.n_available[users] > 0)
         return float(good.to(torch.float64).mean())
 
     # -- rewards ----------------------------------------------------------------------------
@@ -279,7 +294,7 @@ class Evaluator:
         }
 
     def _per_user(self, ranking: Tensor, users: Tensor, lengths: Tensor) -> dict[str, Tensor]:
-        hits = self._pairs(self.truth, users, ranking)  # (m, L) bool
+        hits = self._truth_at(users, ranking)  # (m, L) bool
         return per_user_ranking_metrics(
             hits,
             self.n_relevant[users],
@@ -289,3 +304,140 @@ class Evaluator:
             ndcg_ks=self.ndcg_ks,
             mean_ap=self.mean_ap,
         )
+
+
+# Set bits of each byte value: a bit-packed row's positives without unpacking it.
+_POPCOUNT = torch.tensor([bin(value).count("1") for value in range(256)], dtype=torch.int32)
+# Rows of bit-packed truth whose popcounts are summed at a time (bounds the int32 temporary).
+_POPCOUNT_ROWS = 64
+
+
+def pack_truth(truth: Tensor) -> Tensor:
+    """(m, n_items) bool → (m, ⌈n_items / 8⌉) uint8, item i of a row in bit i % 8 (least
+    significant first) of byte i // 8: the layout `CompactEvaluator` reads."""
+    m, n_items = truth.shape
+    padded = torch.zeros(m, -(-n_items // 8) * 8, dtype=torch.uint8, device=truth.device)
+    padded[:, :n_items] = truth
+    weights = torch.tensor([1 << b for b in range(8)], dtype=torch.uint8, device=truth.device)
+    return (padded.view(m, -1, 8) * weights).sum(2, dtype=torch.uint8)
+
+
+class CompactEvaluator(Evaluator):
+    """The same evaluation for a fixed set of users, without any users × items matrix.
+
+    For catalogues too large for the dense tables of `Evaluator` (a million items): the truth
+    of the evaluated users comes bit-packed, the logged positives as lists, and the ranker as
+    vectors whose dot products are taken only for the candidates that are re-ranked. Every
+    reward and metric is computed by `Evaluator`'s code from these lookups, so on a catalogue
+    small enough for both it equals `Evaluator` built from the unpacked truth and the ranker's
+    dot products (tested).
+
+    users: (m,) long — the evaluated users' global rows; row r of everything below is user
+        users[r], and every `users` argument of the methods is such a row (0..m-1).
+    truth_bits: (m, ⌈n_items / 8⌉) uint8 — `pack_truth` of their truth.
+    n_items: the catalogue size.
+    logged_users, logged_items: (n_logged,) long — logged positive pairs of any users (global
+        rows); those of the evaluated users are never ranked.
+    ranker_vectors: (m, d) float — the ranker's context vector of each evaluated user.
+    item_vectors: (n_items, d) float — the ranker's item vectors; a pair's ranker score is the
+        dot product of the two.
+    k and the metric settings: as `Evaluator`.
+    """
+
+    def __init__(
+        self,
+        users: Tensor,
+        truth_bits: Tensor,
+        n_items: int,
+        logged_users: Tensor,
+        logged_items: Tensor,
+        ranker_vectors: Tensor,
+        item_vectors: Tensor,
+        k: int = 30,
+        *,
+        precision_ks: Sequence[int] = DEFAULT_PRECISION_KS,
+        recall_ks: Sequence[int] = DEFAULT_RECALL_KS,
+        ndcg_ks: Sequence[int] = DEFAULT_NDCG_KS,
+        mean_ap: bool = False,
+    ) -> None:
+        m = users.numel()
+        if users.dim() != 1 or m == 0 or users.dtype != torch.long:
+            raise ConfigError(f"users must be a non-empty 1-D long tensor, got {users.shape}")
+        if users.unique().numel() != m:
+            raise ConfigError("users must be distinct")
+        n_bytes = -(-n_items // 8)
+        if truth_bits.dtype != torch.uint8 or truth_bits.shape != (m, n_bytes):
+            raise ConfigError(
+                f"truth_bits must be uint8 of shape ({m}, {n_bytes}) (pack_truth), got "
+                f"{truth_bits.dtype} {tuple(truth_bits.shape)}"
+            )
+        if ranker_vectors.shape[0] != m or item_vectors.shape[0] != n_items:
+            raise ConfigError(
+                f"ranker_vectors must have {m} rows and item_vectors {n_items}, got "
+                f"{tuple(ranker_vectors.shape)} and {tuple(item_vectors.shape)}"
+            )
+        if ranker_vectors.shape[1] != item_vectors.shape[1]:
+            raise ConfigError("ranker_vectors and item_vectors must have the same width")
+        _check_finite("ranker_vectors", ranker_vectors)
+        _check_finite("item_vectors", item_vectors)
+        if logged_users.dim() != 1 or logged_users.shape != logged_items.shape:
+            raise ConfigError("logged_users and logged_items must be 1-D of the same length")
+        if logged_items.numel() and not (
+            0 <= int(logged_items.min()) and int(logged_items.max()) < n_items
+        ):
+            raise ConfigError(f"logged_items must lie in [0, {n_items})")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError(f"k must be a positive integer, got {k!r}")
+        for ks in (precision_ks, recall_ks, ndcg_ks):
+            for value in ks:
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise ConfigError(f"metric cut-offs must be positive integers, got {value!r}")
+
+        self.device = truth_bits.device
+        self.users = users
+        self.truth_bits = truth_bits.contiguous()
+        self.ranker_vectors = ranker_vectors
+        self.item_vectors = item_vectors
+        self.k = k
+        self.precision_ks = tuple(precision_ks)
+        self.recall_ks = tuple(recall_ks)
+        self.ndcg_ks = tuple(ndcg_ks)
+        self.mean_ap = mean_ap
+        self.n_users, self.n_items, self._n_bytes = m, n_items, n_bytes
+
+        # Each evaluated user's distinct logged items, as (m, L) padded with -1.
+        if logged_users.numel() and int(logged_users.min()) < 0:
+            raise ConfigError("logged_users must be non-negative rows")
+        top_user = int(logged_users.max()) if logged_users.numel() else 0
+        row_of = torch.full((max(int(users.max()), top_user) + 1,), -1)
+        row_of[users] = torch.arange(m)
+        known = logged_users < len(row_of)
+        rows = torch.full_like(logged_users, -1)
+        rows[known] = row_of[logged_users[known]]
+        pairs = torch.unique(torch.stack([rows, logged_items])[:, rows >= 0], dim=1)
+        n_logged = torch.bincount(pairs[0], minlength=m)  # (m,), duplicates counted once
+        width = int(n_logged.max()) if pairs.numel() else 0
+        starts = torch.cumsum(n_logged, 0) - n_logged
+        slot = torch.arange(pairs.shape[1]) - starts[pairs[0]]  # pairs are sorted by row
+        logged = torch.full((m, max(width, 1)), -1, dtype=torch.long)
+        logged[pairs[0], slot] = pairs[1]
+        self.logged = logged.to(self.device)
+        self.max_logged = width
+        self.n_available = (n_items - n_logged).to(self.device)
+        counts = _POPCOUNT.to(self.device)
+        self.n_relevant = torch.cat(
+            [
+                counts[self.truth_bits[start : start + _POPCOUNT_ROWS].long()].sum(1)
+                for start in range(0, m, _POPCOUNT_ROWS)
+            ]
+        )
+
+    def _truth_at(self, users: Tensor, items: Tensor) -> Tensor:
+        flat = users[:, None] * self._n_bytes + (items >> 3)
+        return ((self.truth_bits.view(-1)[flat] >> (items & 7).to(torch.uint8)) & 1).bool()
+
+    def _logged_at(self, users: Tensor, items: Tensor) -> Tensor:
+        return (items[:, :, None] == self.logged[users][:, None, :]).any(2)
+
+    def _ranker_at(self, users: Tensor, items: Tensor) -> Tensor:
+        return (self.ranker_vectors[users][:, None, :] * self.item_vectors[items]).sum(2)
