@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
         "words",
         nargs="+",
         metavar="[fetch] DATASET",
-        help="ml-1m, ml-100k, synthetic, synthetic-small or a directory; "
+        help="ml-1m, ml-100k, synthetic, synthetic-small, a synthetic world of any size "
+        "(synthetic:users=N,items=M[,ratings=R][,seed=S]) or a directory; "
         "`fetch ml-1m|ml-100k` only downloads",
     )
     data.add_argument("--no-download", action="store_true", help="never download")
@@ -44,8 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     experiment = argparse.ArgumentParser(add_help=False, parents=[debug])  # reproduce and sweep
     experiment.add_argument(
         "--dataset",
-        help="ml-1m (default of the paper profile), ml-100k, synthetic, "
-        "synthetic-small or a directory in either MovieLens layout",
+        help="ml-1m (default of the paper profile), ml-100k, synthetic (ML-1M-shaped), "
+        "synthetic-small, a synthetic world of any size "
+        "synthetic:users=N,items=M[,ratings=R][,seed=S] (keys in any order; ratings default "
+        "to max(30*users, items+20*users), seed to 0; written once to the data cache), "
+        "or a directory in either MovieLens layout",
     )
     experiment.add_argument(
         "--profile",
@@ -122,6 +126,23 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["file", "user"],
         help="order of the ratings before the simulator's positional 3:1:1 split: file "
         "(default) or user (stably grouped by user, as ML-1M's ratings.dat ships)",
+    )
+    run.add_argument(
+        "--world",
+        choices=["dense", "on-demand"],
+        help="dense (default, the paper's: every pair's label held in memory) or on-demand (for "
+        "large catalogues: labels computed when needed, the cut from sampled pairs, only "
+        "--eval-users users evaluated)",
+    )
+    run.add_argument(
+        "--eval-users",
+        type=int,
+        help="on-demand world: users evaluated, the first ones, half validation, half test (4000)",
+    )
+    run.add_argument(
+        "--cut-sample",
+        type=int,
+        help="on-demand world: random pairs whose quantile sets the cut (1000000)",
     )
     run.add_argument(
         "--world-seeds",
@@ -277,6 +298,9 @@ STAGE_FLAGS = {  # argparse dest → (stage, field) for flags that override one 
     "propensity": ("bandit", "propensity"),
     "early_stop": ("simulator", "early_stop"),
     "ratings_order": ("simulator", "ratings_order"),
+    "world": ("world", "mode"),
+    "eval_users": ("world", "eval_users"),
+    "cut_sample": ("world", "cut_sample"),
 }
 
 

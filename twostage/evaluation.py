@@ -115,6 +115,7 @@ class Evaluator:
         self.n_available = n_items - n_logged  # (n_users,) unlogged items per user
         self.n_relevant = truth.sum(1)  # (n_users,), logged true positives included
         self.device = truth.device
+        self.users = torch.arange(n_users, device=truth.device)  # global rows: all users
 
     # -- what is looked up per (user, item) pair: the subclass `CompactEvaluator` overrides these
 

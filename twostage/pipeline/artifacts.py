@@ -85,3 +85,49 @@ class BanditLog:
     def per_user(self, values: torch.Tensor) -> torch.Tensor:
         """(n_users·K,) values as (n_users, K), one row per user in draw order."""
         return values.view(-1, self.k)
+
+
+@dataclass(frozen=True)
+class OnDemandWorld:
+    """A semi-synthetic world too large to hold: what is needed to label any pair on demand.
+
+    A pair's impression time is `time_mean[u] + time_std[u] · z(u, i)` with z a counter-based
+    normal of (user, item, `seed`) (`twostage.counter_random.pair_normals`); its label is the
+    simulator's probability at that time ≥ `cut` (`twostage.pipeline.ondemand`). Only the
+    evaluated users' truths are stored, bit-packed.
+
+    Attributes:
+        n_users, n_items: the catalogue's size.
+        seed: the seed of every pair's timestamp.
+        time_mean, time_std: (n_users,) float64 — each user's timestamp distribution (the
+            moments of their ratings' normalised times).
+        mean_timestamps: (n_users,) float32 — `time_mean`, the evaluator's context (the dense
+            world uses the mean of the user's sampled times, which tends to it).
+        cut: the probability cut; cut_rule: how it was chosen.
+        positive_share: the share of positive labels among the `cut_sample` pairs that chose
+            the cut (an estimate of the world's).
+        eval_users: (m,) long — the evaluated users (global rows): the first m, validation first.
+        n_val: how many of them are validation users; the rest are test users.
+        eval_truth: (m, ⌈n_items / 8⌉) uint8 — their truth, probability at the mean time > cut,
+            bit-packed (`twostage.evaluation.pack_truth`).
+        sample_histogram: (50,) long — the sampled pairs' probabilities in 50 equal bins of
+            [0, 1] (the dense world's histogram is of all pairs).
+    """
+
+    n_users: int
+    n_items: int
+    seed: int
+    time_mean: torch.Tensor
+    time_std: torch.Tensor
+    mean_timestamps: torch.Tensor
+    cut: float
+    cut_rule: str
+    positive_share: float
+    eval_users: torch.Tensor
+    n_val: int
+    eval_truth: torch.Tensor
+    sample_histogram: torch.Tensor
+
+    @property
+    def n_pairs(self) -> int:
+        return self.n_users * self.n_items

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -20,19 +21,38 @@ class Context:
     """What every candidate-generator run shares: the log's positives, the ranker, the evaluator.
 
     users, items, propensities: (n_positive,) — logged impressions with reward 1, in log order
-    ranker_scores: (n_users, n_items) — the ranker at each user's mean timestamp (2-IPS's q)
-    val_users, test_users: (m,) long — the first round(2000·n_users/6040) users, and the rest
+    ranker_scores: (n_users, n_items) — the ranker at each user's mean timestamp (2-IPS's q);
+        None on the on-demand world, whose ranker scores are the dot products of
+        ranker_user_vectors: (n_users, d) and ranker_item_vectors: (n_items, d), taken for the
+        users a batch needs (`ranker_rows`)
+    evaluator: an `Evaluator` of all users (dense world) or a `CompactEvaluator` of the evaluated
+        users (on-demand world)
+    val_users, test_users: (m,) long — the evaluator's rows of the validation and test users:
+        the first round(2000·n_users/6040) users and the rest (dense world), or the first and
+        second half of the evaluated users (on-demand)
     """
 
     catalog: Catalog
     users: torch.Tensor
     items: torch.Tensor
     propensities: torch.Tensor
-    ranker_scores: torch.Tensor
+    ranker_scores: torch.Tensor | None
     evaluator: Evaluator
     val_users: torch.Tensor
     test_users: torch.Tensor
     k: int = 5  # items per user in the bandit log (the Top-K IPS correction's K)
+    ranker_user_vectors: torch.Tensor | None = None
+    ranker_item_vectors: torch.Tensor | None = None
+
+    def ranker_rows(self, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A function of users: (b,) long on `device` → the ranker's scores of every item
+        (b, n_items), with the tables moved to `device` once."""
+        if self.ranker_scores is not None:
+            scores = self.ranker_scores.to(device)
+            return lambda users: scores[users]
+        user_vectors = self.ranker_user_vectors.to(device)
+        item_vectors = self.ranker_item_vectors.to(device)
+        return lambda users: user_vectors[users] @ item_vectors.T
 
 
 def validation_size(n_users: int) -> int:
@@ -49,20 +69,19 @@ SPLITS = ("all", "val", "test")  # rewards on all users; ranking metrics on val 
 EVAL_BLOCK_USERS = 64
 
 
-def top_items(
-    model: Nominator, evaluator: Evaluator, n_users: int, device: torch.device
-) -> torch.Tensor:
-    """Every user's raw top `evaluator.top_width` items under `model`: (n_users, width) long on
-    the CPU, scored a block of users at a time on `device`; the whole score matrix is never
-    held."""
+def top_items(model: Nominator, evaluator: Evaluator, device: torch.device) -> torch.Tensor:
+    """Each evaluated user's raw top `evaluator.top_width` items under `model`: (m, width) long
+    on the CPU, one row per evaluator row, scored a block of users at a time on `device`; the
+    whole score matrix is never held."""
     model.eval()
     with torch.no_grad():
         items = model.items()  # (n_items, dim), once for all blocks
+        users = evaluator.users.to(device)  # the global rows of the evaluator's rows
         blocks = []
-        for start in range(0, n_users, EVAL_BLOCK_USERS):
-            users = torch.arange(start, min(start + EVAL_BLOCK_USERS, n_users), device=device)
-            scores = model.user_vectors(users) @ items.T
-            blocks.append(evaluator.top(scores, users).cpu())
+        for start in range(0, len(users), EVAL_BLOCK_USERS):
+            rows = torch.arange(start, min(start + EVAL_BLOCK_USERS, len(users)), device=device)
+            scores = model.user_vectors(users[rows]) @ items.T
+            blocks.append(evaluator.top(scores, rows).cpu())
     model.train()
     return torch.cat(blocks)
 
@@ -82,7 +101,7 @@ def evaluate_epoch(
     `*_reward(scores)` and `*_metrics(scores, users)` of the whole score matrix (tested).
     """
     ev = context.evaluator
-    top = top_items(model, ev, context.catalog.n_users, device)
+    top = top_items(model, ev, device)
     rows = []
     if "all" in splits:
         rows += [
@@ -141,7 +160,7 @@ def train_candidate_generator(
     users, items = context.users.to(device), context.items.to(device)
     propensities = context.propensities.to(device)
     objective = objectives.get(method)
-    ranker_scores = context.ranker_scores.to(device) if objective.needs_ranker else None
+    ranker_rows = context.ranker_rows(device) if objective.needs_ranker else None
 
     def batch_loss(batch: torch.Tensor) -> torch.Tensor:
         idx = batch.to(device)
@@ -150,7 +169,7 @@ def train_candidate_generator(
             logits=model.score_all(batch_users),
             items=items[idx],
             propensities=propensities[idx],
-            ranker_logits=None if ranker_scores is None else ranker_scores[batch_users],
+            ranker_logits=None if ranker_rows is None else ranker_rows(batch_users),
             k=context.k,
         )
         return objective.loss(logged, config, device_generator)

@@ -20,13 +20,17 @@ from tqdm.auto import tqdm
 import twostage
 from twostage.data import MovieLens, load_movielens
 from twostage.errors import ConfigError, NumericsError
-from twostage.evaluation import Evaluator
-from twostage.pipeline.artifacts import BanditLog, TrainedModel, World
+from twostage.evaluation import CompactEvaluator, Evaluator
+from twostage.models import Ranker
+from twostage.pipeline.artifacts import BanditLog, OnDemandWorld, TrainedModel, World
 from twostage.pipeline.cache import StageCache, atomic_write_bytes, atomic_write_text, stable_key
 from twostage.pipeline.candidates import Context, train_candidate_generator, validation_size
 from twostage.pipeline.config import ExperimentConfig, validate
+from twostage.pipeline.ondemand import build_ondemand_world, sample_bandit_log_ondemand
+from twostage.pipeline.ondemand import logging_policy_pairs as logging_policy_pairs_ondemand
 from twostage.pipeline.stages import (
     build_world,
+    logging_policy_pairs,
     ranker_scores,
     sample_bandit_log,
     train_logging_policy,
@@ -41,7 +45,13 @@ from twostage.runtime import Runtime
 STAGE_VERSION = 3  # bump when a stage's output changes (2: typed artifacts, 3: state-dict keys)
 # Settings added after artifacts were cached, left out of a stage's key while at their default
 # (the old behaviour), so that caches and finished runs of older versions stay valid.
-KEYED_WHEN_SET = {"val_rows": None, "ratings_order": "file"}
+KEYED_WHEN_SET = {
+    "val_rows": None,
+    "ratings_order": "file",
+    "mode": "dense",
+    "eval_users": 4000,
+    "cut_sample": 1_000_000,
+}
 
 
 @dataclass
@@ -51,7 +61,7 @@ class Prepared:
     data: MovieLens
     device: torch.device
     simulator: TrainedModel
-    world: World
+    world: World | OnDemandWorld
     logging_policy: TrainedModel
     log: BanditLog
     ranker: TrainedModel
@@ -107,47 +117,67 @@ def prepare(
         verbose,
     )
 
+    on_demand = config.world.mode == "on-demand"
+
     def world_build():
-        with tqdm(
-            total=data.n_users, desc="world", unit="user", leave=False, disable=not verbose
-        ) as bar:
+        total = min(config.world.eval_users, data.n_users) if on_demand else data.n_users
+        with tqdm(total=total, desc="world", unit="user", leave=False, disable=not verbose) as bar:
+            if on_demand:
+                return build_ondemand_world(
+                    data, simulator.state, config.world, device, progress=bar
+                )
             return build_world(
                 data, simulator.state, config.world, device, runtime.chunk_users, progress=bar
             )
 
     world = stage("world", config.world, keys["simulator"], world_build)
-    rate = ""
-    if not cached["world"]:
+    per_pair = sum(simulator.state[k].numel() for k in ("rest.1.weight", "rest.3.weight"))
+    if on_demand:
+        # One pass (the mean time) over the evaluated users' pairs, 2 FLOPs a multiply-add.
+        n_scored = len(world.eval_users) * world.n_items
+        flops = 2 * n_scored * per_pair
+        scope = f"{world.n_pairs:,} pairs on demand · {n_scored:,} evaluation pairs scored"
+    else:
         # A pair's multiply-adds after the first layer (a broadcast sum in the world stage),
         # two passes (sampled and mean timestamps), 2 FLOPs a multiply-add.
-        per_pair = sum(simulator.state[k].numel() for k in ("rest.1.weight", "rest.3.weight"))
         flops = 2 * 2 * world.labels.numel() * per_pair
+        scope = f"{world.labels.numel():,} pairs"
+    rate = ""
+    if not cached["world"]:
         rate = f" ({flops / max(timings['world'], 1e-9) / 1e9:.0f} GFLOP/s)"
     _say(
-        f"[world] {_src(cached, 'world')} {timings['world']:.1f}s{rate} · "
-        f"{world.labels.numel():,} pairs · cut {world.cut:.6f} ({world.cut_rule}) · "
-        f"positive share {world.positive_share:.3f}",
+        f"[world] {_src(cached, 'world')} {timings['world']:.1f}s{rate} · {scope} · "
+        f"cut {world.cut:.6f} ({world.cut_rule}) · positive share {world.positive_share:.3f}",
         verbose,
     )
 
-    policy = stage(
-        "logging_policy",
-        config.logging_policy,
-        keys["world"],
-        lambda: train_logging_policy(data.catalog, world, config.logging_policy, device),
-    )
+    def policy_build():
+        if on_demand:
+            pairs = logging_policy_pairs_ondemand(
+                data.catalog, simulator.state, world, config.logging_policy, device
+            )
+        else:
+            pairs = logging_policy_pairs(world, config.logging_policy)
+        return train_logging_policy(data.catalog, pairs, config.logging_policy, device)
+
+    policy = stage("logging_policy", config.logging_policy, keys["world"], policy_build)
     _say(
         f"[logging policy] {_src(cached, 'logging_policy')} {timings['logging_policy']:.1f}s · "
         f"val AUC {policy.info['val_auc']:.3f}",
         verbose,
     )
 
-    log = stage(
-        "bandit_log",
-        config.bandit,
-        keys["logging_policy"],
-        lambda: sample_bandit_log(data.catalog, world, policy.state, config.bandit, device),
-    )
+    def log_build():
+        if not on_demand:
+            return sample_bandit_log(data.catalog, world, policy.state, config.bandit, device)
+        with tqdm(
+            total=data.n_users, desc="bandit log", unit="user", leave=False, disable=not verbose
+        ) as bar:
+            return sample_bandit_log_ondemand(
+                data.catalog, simulator.state, world, policy.state, config.bandit, device, bar
+            )
+
+    log = stage("bandit_log", config.bandit, keys["logging_policy"], log_build)
     _say(
         f"[bandit log] {_src(cached, 'bandit_log')} {timings['bandit_log']:.1f}s · "
         f"{len(log):,} impressions · {int(log.rewards.sum()):,} positive · "
@@ -192,7 +222,7 @@ def _src(cached: dict[str, bool], name: str) -> str:
 
 def make_context(
     data: MovieLens,
-    world: World,
+    world: World | OnDemandWorld,
     log: BanditLog,
     ranker: TrainedModel,
     config: ExperimentConfig,
@@ -201,11 +231,13 @@ def make_context(
     """The logged positives, the ranker's scores and the evaluator shared by all runs."""
     check_propensities(log.propensities, log.users, log.items)
     positive = log.rewards > 0
+    users, items = log.users[positive], log.items[positive]
+    if isinstance(world, OnDemandWorld):
+        return ondemand_context(data, world, log, ranker, config, device)
     if config.ranker.oracle:
         scores = torch.logit(world.probabilities_at_mean.double(), eps=1e-12).float()
     else:
         scores = ranker_scores(data.catalog, ranker.state, world, device)
-    users, items = log.users[positive], log.items[positive]
     evaluator = Evaluator(world.truth, users, items, scores, k=config.candidates.eval_k)
     n_val = validation_size(data.n_users)
     return Context(
@@ -218,6 +250,50 @@ def make_context(
         val_users=torch.arange(n_val),
         test_users=torch.arange(n_val, data.n_users),
         k=log.k,
+    )
+
+
+def ondemand_context(
+    data: MovieLens,
+    world: OnDemandWorld,
+    log: BanditLog,
+    ranker: TrainedModel,
+    config: ExperimentConfig,
+    device: torch.device,
+) -> Context:
+    """The context of the on-demand world: the ranker as user and item vectors (its scores are
+    their dot products, taken where needed) and a `CompactEvaluator` of the evaluated users."""
+    model = Ranker(data.catalog)
+    model.load_state_dict(ranker.state)
+    model.eval()
+    with torch.no_grad():
+        user_vectors = model.context_vectors(torch.arange(data.n_users), world.mean_timestamps)
+        item_vectors = model.items()
+    positive = log.rewards > 0
+    users, items = log.users[positive], log.items[positive]
+    evaluator = CompactEvaluator(
+        world.eval_users,
+        world.eval_truth,
+        world.n_items,
+        users,
+        items,
+        user_vectors[world.eval_users],
+        item_vectors,
+        k=config.candidates.eval_k,
+    )
+    m = len(world.eval_users)
+    return Context(
+        catalog=data.catalog,
+        users=users,
+        items=items,
+        propensities=log.propensities[positive],
+        ranker_scores=None,
+        evaluator=evaluator,
+        val_users=torch.arange(world.n_val),
+        test_users=torch.arange(world.n_val, m),
+        k=log.k,
+        ranker_user_vectors=user_vectors,
+        ranker_item_vectors=item_vectors,
     )
 
 
@@ -505,8 +581,15 @@ def run_experiment(
     return out_dir
 
 
-def probability_histogram(world: World, bins: int = 50) -> dict:
-    counts = torch.histc(world.probabilities, bins=bins, min=0.0, max=1.0)
+def probability_histogram(world: World | OnDemandWorld, bins: int = 50) -> dict:
+    """The world's probabilities in `bins` equal bins of [0, 1], with its cut and positive
+    share; on the on-demand world, of the `world.cut_sample` pairs sampled for the cut."""
+    if isinstance(world, OnDemandWorld):
+        counts = world.sample_histogram
+        if len(counts) != bins:
+            raise ValueError(f"the on-demand world keeps {len(counts)} bins, not {bins}")
+    else:
+        counts = torch.histc(world.probabilities, bins=bins, min=0.0, max=1.0)
     edges = np.linspace(0.0, 1.0, bins + 1)
     return {
         "bin_edges": edges.tolist(),
@@ -525,6 +608,17 @@ def run_metadata(
 ) -> dict:
     """`run.json`: what produced the run (command, data, settings, versions) and what it found."""
     data, world = prepared.data, prepared.world
+    world_info = {
+        "cut": world.cut,
+        "cut_rule": world.cut_rule,
+        "positive_share": world.positive_share,
+    }
+    if isinstance(world, OnDemandWorld):
+        world_info |= {
+            "mode": "on-demand",
+            "evaluated_users": len(world.eval_users),
+            "validation_users": world.n_val,
+        }
     return {
         "command": command,
         "dataset": data.name,
@@ -554,11 +648,7 @@ def run_metadata(
         "torch_version": torch.__version__,
         "python": platform.python_version(),
         "device": str(prepared.device),
-        "world": {
-            "cut": world.cut,
-            "cut_rule": world.cut_rule,
-            "positive_share": world.positive_share,
-        },
+        "world": world_info,
         "simulator": {k: v for k, v in prepared.simulator.info.items() if k != "curve"},
         "logging_policy": {"val_auc": prepared.logging_policy.info["val_auc"]},
         "bandit_log": {

@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from twostage.data import Catalog, MovieLens
 from twostage.errors import ConfigError
 from twostage.models import ImpressionSimulator, Nominator, Ranker
-from twostage.pipeline.artifacts import BanditLog, TrainedModel, World
+from twostage.pipeline.artifacts import BanditLog, OnDemandWorld, TrainedModel, World
 from twostage.pipeline.config import (
     PAPER_CUT,
     BanditConfig,
@@ -23,7 +23,9 @@ from twostage.pipeline.config import (
     SimulatorConfig,
     WorldConfig,
 )
+from twostage.pipeline.ondemand import ranker_truth_auc
 from twostage.pipeline.training import auc, batches, cpu_state, fit, load_model, numpy_rng, seeded
+from twostage.pipeline.world_rules import is_paper_ml1m, user_timestamp_moments
 from twostage.propensity import logged_inclusion_probabilities
 from twostage.sampling import gumbel_top_k
 
@@ -159,31 +161,6 @@ def train_simulator(
 
 
 # ---------------------------------------------------------------- 2. semi-synthetic world
-def is_paper_ml1m(data: MovieLens) -> bool:
-    """True for the real ML-1M (the only data the paper's cut was chosen for)."""
-    return (
-        not data.synthetic
-        and data.layout == "ml-1m"
-        and (data.n_users, data.n_items) == (6040, 3883)
-    )
-
-
-def user_timestamp_moments(data: MovieLens) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and (population) standard deviation of each user's normalised rating timestamps."""
-    n = data.n_users
-    users = data.users.numpy()
-    stamps = data.timestamps.numpy().astype(np.float64)
-    counts = np.bincount(users, minlength=n).astype(np.float64)
-    sums = np.bincount(users, weights=stamps, minlength=n)
-    squares = np.bincount(users, weights=stamps**2, minlength=n)
-    safe = np.maximum(counts, 1)
-    mean = sums / safe
-    std = np.sqrt(np.maximum(squares / safe - mean**2, 0.0))
-    # A user without ratings (possible in user-supplied data) gets the file's overall moments.
-    mean[counts == 0], std[counts == 0] = stamps.mean(), stamps.std()
-    return mean, std
-
-
 def choose_cut(
     probabilities: torch.Tensor, data: MovieLens, config: WorldConfig
 ) -> tuple[float, str]:
@@ -257,10 +234,9 @@ def build_world(
 
 
 # ---------------------------------------------------------------- 3. logging policy
-def train_logging_policy(
-    catalog: Catalog, world: World, config: LoggingPolicyConfig, device: torch.device
-) -> TrainedModel:
-    """BCE on `n_train` random pairs of the world; AUC on `n_val` more after every epoch."""
+def logging_policy_pairs(world: World, config: LoggingPolicyConfig) -> tuple[torch.Tensor, ...]:
+    """`n_train + n_val` distinct random pairs of the dense world (users, items (n,) long) and
+    their labels (n,) float: a seeded permutation of all pairs, as the paper's code."""
     n_items = world.labels.shape[1]
     n_pairs = world.labels.numel()
     if config.n_train + config.n_val > n_pairs:
@@ -271,8 +247,18 @@ def train_logging_policy(
     order = torch.from_numpy(
         numpy_rng(config.seed).permutation(n_pairs)[: config.n_train + config.n_val]
     )
-    users, items = (order // n_items).to(device), (order % n_items).to(device)
-    labels = world.labels.reshape(-1)[order].float().to(device)
+    return order // n_items, order % n_items, world.labels.reshape(-1)[order].float()
+
+
+def train_logging_policy(
+    catalog: Catalog,
+    pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    config: LoggingPolicyConfig,
+    device: torch.device,
+) -> TrainedModel:
+    """BCE on the first `n_train` of `pairs` (users, items, labels: (n,)); AUC on the other
+    `n_val` after every epoch. The pairs come from `logging_policy_pairs` of either world."""
+    users, items, labels = (t.to(device) for t in pairs)
     val = slice(config.n_train, None)
     torch.manual_seed(config.seed)
     model = Nominator(catalog).to(device)
@@ -359,7 +345,11 @@ def sample_bandit_log(
 
 # ---------------------------------------------------------------- 5. ranker
 def train_ranker(
-    catalog: Catalog, world: World, log: BanditLog, config: RankerConfig, device: torch.device
+    catalog: Catalog,
+    world: World | OnDemandWorld,
+    log: BanditLog,
+    config: RankerConfig,
+    device: torch.device,
 ) -> TrainedModel:
     """BCE on every logged impression with its timestamp; batches in log order by default,
     the last partial batch dropped — as the paper's code."""
@@ -388,10 +378,13 @@ def train_ranker(
     model.eval()
     with torch.no_grad():
         # Quality against the truth: AUC over up to 200k random pairs at the users' mean times.
-        pairs = torch.randperm(world.truth.numel(), generator=seeded(1))[:200_000]
-        u, i = pairs // world.truth.shape[1], pairs % world.truth.shape[1]
-        scores = model(u.to(device), i.to(device), world.mean_timestamps[u].to(device))
-        truth_auc = auc(scores, world.truth[u, i].float())
+        if isinstance(world, OnDemandWorld):
+            truth_auc = ranker_truth_auc(model, world, device)
+        else:
+            pairs = torch.randperm(world.truth.numel(), generator=seeded(1))[:200_000]
+            u, i = pairs // world.truth.shape[1], pairs % world.truth.shape[1]
+            scores = model(u.to(device), i.to(device), world.mean_timestamps[u].to(device))
+            truth_auc = auc(scores, world.truth[u, i].float())
         log_auc = auc(model(users, items, times), rewards)
     info = {"train_loss": losses, "truth_auc": truth_auc, "log_auc": log_auc}
     return TrainedModel(cpu_state(model), info)

@@ -1,0 +1,331 @@
+"""Stages 2–5 on a world too large to hold (`world.mode = "on-demand"`): a million items.
+
+The dense world (`twostage.pipeline.stages`) holds every pair's timestamp, probability and label:
+10^11 pairs at 100,000 users × 1,000,000 items. Here nothing of size users × items is ever held:
+
+- a pair's impression time is a counter-based function of (user, item, world seed), drawn when
+  the pair is needed, with the user's timestamp moments (`twostage.counter_random`);
+- its label is the simulator's probability at that time ≥ the cut, computed for the pairs
+  needed: the logging policy's training pairs and the logged impressions;
+- the cut for a positive share is the quantile of `cut_sample` random pairs, not of all pairs;
+- only the first `eval_users` users are evaluated (half validation, half test), from their
+  truths at the mean time, computed once in blocks, bit-packed and cached with the world;
+- the bandit log draws each user's K items by inverse CDF over the user's softmax, one block of
+  users at a time, redrawing repeats (exactly sequential draws without replacement), with
+  counter-based uniforms, so a user's items do not depend on the block size.
+
+On a small catalogue the same code runs, which is how its parts are checked against the dense
+world's (`tests/test_ondemand.py`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from twostage.counter_random import pair_normals, uniforms
+from twostage.data import Catalog, MovieLens
+from twostage.errors import ConfigError
+from twostage.evaluation import pack_truth
+from twostage.models import PAIRS_PER_BLOCK, ImpressionSimulator, Nominator, Ranker
+from twostage.pipeline.artifacts import BanditLog, OnDemandWorld
+from twostage.pipeline.config import PAPER_CUT, BanditConfig, LoggingPolicyConfig, WorldConfig
+from twostage.pipeline.training import auc, load_model, seeded
+from twostage.pipeline.world_rules import is_paper_ml1m, user_timestamp_moments
+
+PAIR_BATCH = 65_536  # pairs per forward pass when labelling a list of pairs
+SCORE_BLOCK_PAIRS = 1 << 23  # user × item scores held at once (64 MB of float64)
+TIME_STREAM, CUT_STREAM, BANDIT_STREAM = 0, 2, 4  # counter_random streams (each uses ≤ 2)
+HISTOGRAM_BINS = 50
+MAX_REDRAWS = 64  # repeat redraws before the exact masked draw takes over (a peaked softmax)
+
+
+# ---------------------------------------------------------------- pairs, on demand
+def pair_timestamps(world: OnDemandWorld, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """users, items: (n,) long → (n,) float32 impression times, the same for a pair whenever
+    asked."""
+    z = pair_normals(users, items, world.n_items, world.seed, TIME_STREAM)
+    return (world.time_mean[users] + world.time_std[users] * z).float()
+
+
+@torch.no_grad()
+def pair_probabilities(
+    simulator: ImpressionSimulator,
+    users: torch.Tensor,
+    items: torch.Tensor,
+    times: torch.Tensor,
+    device: torch.device,
+) -> torch.Tensor:
+    """The simulator's probability of a positive label of each pair at its time: (n,) float32."""
+    out = torch.empty(len(users))
+    for start in range(0, len(users), PAIR_BATCH):
+        part = slice(start, start + PAIR_BATCH)
+        logits = simulator(users[part].to(device), items[part].to(device), times[part].to(device))
+        out[part] = torch.sigmoid(logits).cpu()
+    return out
+
+
+def pair_labels(
+    simulator: ImpressionSimulator,
+    world: OnDemandWorld,
+    users: torch.Tensor,
+    items: torch.Tensor,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels (n,) bool (probability at the pair's time ≥ cut, as the dense world's `labels`)
+    and the times (n,) float32 of the pairs users, items: (n,) long."""
+    times = pair_timestamps(world, users, items)
+    return pair_probabilities(simulator, users, items, times, device) >= world.cut, times
+
+
+@torch.no_grad()
+def probabilities_at(
+    simulator: ImpressionSimulator,
+    users: torch.Tensor,
+    times: torch.Tensor,
+    device: torch.device,
+    item_chunk: int | None = None,
+) -> torch.Tensor:
+    """users: (b,) long; times: (b,) float, one per user → (b, n_items) float32 probabilities.
+
+    Items go through the simulator `item_chunk` at a time (default about `PAIRS_PER_BLOCK`
+    pairs a torch thread per user), so that one user's activations over a million items (600 MB)
+    are never held at once.
+    """
+    user_part, item_part, time_weight = simulator.first_layer_parts(users.to(device))
+    n_items = item_part.shape[0]
+    chunk = item_chunk or max(1, PAIRS_PER_BLOCK * torch.get_num_threads())
+    times = times.to(device)
+    if chunk >= n_items:
+        return simulator.probabilities_from_parts(user_part, item_part, time_weight, times).cpu()
+    out = torch.empty(len(users), n_items)
+    for start in range(0, n_items, chunk):
+        stop = min(start + chunk, n_items)
+        out[:, start:stop] = simulator.probabilities_from_parts(
+            user_part, item_part[start:stop], time_weight, times, block_users=1
+        ).cpu()
+    return out
+
+
+# ---------------------------------------------------------------- 2. the world
+def user_blocks(n_users: int, n_items: int, pairs: int = SCORE_BLOCK_PAIRS) -> int:
+    """Users per block so that a block's users × items scores stay near `pairs`."""
+    return max(1, pairs // max(n_items, 1))
+
+
+def sampled_cut(
+    simulator: ImpressionSimulator,
+    world_parts: dict,
+    data: MovieLens,
+    config: WorldConfig,
+    device: torch.device,
+) -> tuple[float, str, float, torch.Tensor]:
+    """(cut, rule, positive share among the sampled pairs, their probabilities' histogram
+    (`HISTOGRAM_BINS`,)), from `config.cut_sample` random pairs (with replacement,
+    counter-based) at their impression times."""
+    n_users, n_items = data.n_users, data.n_items
+    counters = np.arange(config.cut_sample, dtype=np.uint64)
+    users = torch.from_numpy(
+        (uniforms(counters, config.seed, CUT_STREAM) * n_users).astype(np.int64)
+    )
+    items = torch.from_numpy(
+        (uniforms(counters, config.seed, CUT_STREAM + 1) * n_items).astype(np.int64)
+    )
+    probe = OnDemandWorld(
+        **world_parts, cut=0.0, cut_rule="", positive_share=0.0, sample_histogram=torch.empty(0)
+    )
+    times = pair_timestamps(probe, users, items)
+    probs = pair_probabilities(simulator, users, items, times, device)
+    if config.cut is not None:
+        cut, rule = float(config.cut), "given cut"
+    else:
+        share = config.positive_share
+        if share is None and is_paper_ml1m(data):
+            cut, rule = PAPER_CUT, "paper cut (ML-1M)"
+        else:
+            share = config.default_share if share is None else share
+            n_positive = max(1, round(share * len(probs)))
+            cut = float(torch.topk(probs, n_positive).values[-1])
+            rule = f"positive share {share:g} of {config.cut_sample:,} sampled pairs"
+    histogram = torch.histc(probs, bins=HISTOGRAM_BINS, min=0.0, max=1.0).long()
+    return cut, rule, float((probs >= cut).double().mean()), histogram
+
+
+def truth_bits(
+    simulator: ImpressionSimulator,
+    users: torch.Tensor,
+    times: torch.Tensor,
+    cut: float,
+    device: torch.device,
+    progress=None,
+) -> torch.Tensor:
+    """The bit-packed truth (probability at `times` > cut, as the dense world's `truth`) of
+    users: (m,) long at times: (m,) → (m, ⌈n_items / 8⌉) uint8, a few users at a time."""
+    n_items = simulator.n_items
+    out = torch.empty(len(users), -(-n_items // 8), dtype=torch.uint8)
+    step = max(1, user_blocks(len(users), n_items, 1 << 22))
+    for start in range(0, len(users), step):
+        part = slice(start, start + step)
+        out[part] = pack_truth(probabilities_at(simulator, users[part], times[part], device) > cut)
+        if progress is not None:
+            progress.update(len(users[part]))
+    return out
+
+
+def build_ondemand_world(
+    data: MovieLens,
+    simulator_state: dict,
+    config: WorldConfig,
+    device: torch.device,
+    progress=None,
+) -> OnDemandWorld:
+    """The on-demand world: timestamp moments, the cut from sampled pairs, the evaluated users'
+    bit-packed truths (the costly part: `eval_users` × n_items pairs; `progress` gets an update
+    per block of users)."""
+    simulator = load_model(ImpressionSimulator, data.catalog, simulator_state, device)
+    mean, std = user_timestamp_moments(data)
+    n_eval = min(config.eval_users, data.n_users)
+    parts = {
+        "n_users": data.n_users,
+        "n_items": data.n_items,
+        "seed": config.seed,
+        "time_mean": torch.from_numpy(mean),
+        "time_std": torch.from_numpy(std),
+        "mean_timestamps": torch.from_numpy(mean).float(),
+        "eval_users": torch.arange(n_eval),
+        "n_val": n_eval // 2,
+        "eval_truth": torch.empty(0, dtype=torch.uint8),
+    }
+    cut, rule, share, histogram = sampled_cut(simulator, parts, data, config, device)
+    users = parts["eval_users"]
+    parts["eval_truth"] = truth_bits(
+        simulator, users, parts["mean_timestamps"][users], cut, device, progress
+    )
+    return OnDemandWorld(
+        **parts, cut=cut, cut_rule=rule, positive_share=share, sample_histogram=histogram
+    )
+
+
+# ---------------------------------------------------------------- 3. logging policy's pairs
+def logging_policy_pairs(
+    catalog: Catalog,
+    simulator_state: dict,
+    world: OnDemandWorld,
+    config: LoggingPolicyConfig,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`n_train + n_val` distinct random pairs (users, items (n,) long) and their labels (n,)
+    float; the dense world draws them with a permutation of all pairs, impossible here."""
+    n = config.n_train + config.n_val
+    if n > world.n_pairs:
+        raise ConfigError(
+            f"The logging policy needs n_train + n_val = {n} distinct pairs, but the world has "
+            f"only {world.n_pairs:,}; use a larger dataset or smaller sizes."
+        )
+    flat = torch.from_numpy(np.random.default_rng(config.seed).choice(world.n_pairs, n, False))
+    users, items = flat // world.n_items, flat % world.n_items
+    simulator = load_model(ImpressionSimulator, catalog, simulator_state, device)
+    labels, _ = pair_labels(simulator, world, users, items, device)
+    return users, items, labels.float()
+
+
+# ---------------------------------------------------------------- 4. bandit log
+def _draw(cdf: torch.Tensor, counters: np.ndarray, seed: int) -> torch.Tensor:
+    """One inverse-CDF draw per row of cdf: (b, n_items) float64 (unnormalised, increasing),
+    with the counter-based uniform of each row's counter: (b,) long items."""
+    u = torch.from_numpy(uniforms(counters, seed, BANDIT_STREAM))
+    x = (u * cdf[:, -1]).unsqueeze(1)  # < the row's total, so never past the last item
+    return torch.searchsorted(cdf, x, right=True).squeeze(1).clamp_(max=cdf.shape[1] - 1)
+
+
+def draw_without_replacement(
+    log_probs: torch.Tensor, users: torch.Tensor, k: int, seed: int
+) -> torch.Tensor:
+    """k distinct items per row from each row's softmax, in draw order: (b, k) long.
+
+    log_probs: (b, n_items) float64; users: (b,) long, each row's user, which keys its
+    counter-based uniforms. Draw j is from the softmax; a draw repeating an earlier item of the
+    row is redrawn (so it is from the softmax restricted to the items not yet drawn: exactly
+    sequential sampling without replacement); after `MAX_REDRAWS` repeats a row draws from the
+    renormalised remaining items directly.
+    """
+    probs = log_probs.exp()
+    cdf = probs.cumsum(1)
+    b = len(users)
+    items = torch.empty(b, k, dtype=torch.long)
+    base = users.numpy().astype(np.uint64) * np.uint64(k)
+    for j in range(k):
+        pending = torch.arange(b)
+        for attempt in range(MAX_REDRAWS + 1):
+            counters = (base[pending.numpy()] + np.uint64(j)) * np.uint64(MAX_REDRAWS + 2)
+            counters += np.uint64(attempt)
+            if attempt < MAX_REDRAWS:
+                drawn = _draw(cdf[pending], counters, seed)
+            else:  # the few rows left: mask the drawn items and draw from the rest
+                rest = probs[pending].scatter(1, items[pending, :j], 0.0)
+                drawn = _draw(rest.cumsum(1), counters, seed)
+            repeat = (drawn[:, None] == items[pending, :j]).any(1)
+            items[pending[~repeat], j] = drawn[~repeat]
+            pending = pending[repeat]
+            if not len(pending):
+                break
+    return items
+
+
+def sample_bandit_log_ondemand(
+    catalog: Catalog,
+    simulator_state: dict,
+    world: OnDemandWorld,
+    policy_state: dict,
+    config: BanditConfig,
+    device: torch.device,
+    progress=None,
+) -> BanditLog:
+    """K distinct items per user from the logging policy's softmax over all items, a block of
+    users at a time; the propensity is the single-draw softmax probability (the paper's)."""
+    policy = load_model(Nominator, catalog, policy_state, device)
+    simulator = load_model(ImpressionSimulator, catalog, simulator_state, device)
+    step = user_blocks(world.n_users, world.n_items)
+    items, propensities = [], []
+    with torch.no_grad():
+        item_vectors = policy.items()
+        for start in range(0, world.n_users, step):
+            users = torch.arange(start, min(start + step, world.n_users))
+            logits = (policy.user_vectors(users.to(device)) @ item_vectors.T).cpu().double()
+            log_probs = torch.log_softmax(logits, dim=1)
+            drawn = draw_without_replacement(log_probs, users, config.k, config.seed)
+            items.append(drawn)
+            propensities.append(log_probs.gather(1, drawn).exp().float())
+            if progress is not None:
+                progress.update(len(users))
+    items_t = torch.cat(items).reshape(-1)
+    users_t = torch.arange(world.n_users).repeat_interleave(config.k)
+    single = torch.cat(propensities).reshape(-1)
+    labels, times = pair_labels(simulator, world, users_t, items_t, device)
+    return BanditLog(
+        users=users_t,
+        items=items_t,
+        propensities=single,
+        single_propensities=single,
+        rewards=labels.float(),
+        timestamps=times,
+        k=config.k,
+    )
+
+
+# ---------------------------------------------------------------- 5. the ranker's check
+def ranker_truth_auc(
+    model: Ranker, world: OnDemandWorld, device: torch.device, n_pairs: int = 200_000
+) -> float:
+    """The ranker's AUC against the truth on up to `n_pairs` random pairs of the evaluated users
+    at their mean times (the dense world draws them from all users)."""
+    g = seeded(1)
+    m = len(world.eval_users)
+    rows = torch.randint(m, (n_pairs,), generator=g)
+    items = torch.randint(world.n_items, (n_pairs,), generator=g)
+    byte = world.eval_truth[rows, items >> 3]
+    truth = ((byte >> (items & 7).to(torch.uint8)) & 1).float()
+    users = world.eval_users[rows]
+    with torch.no_grad():
+        scores = model(users.to(device), items.to(device), world.mean_timestamps[users].to(device))
+    return auc(scores, truth)
