@@ -16,7 +16,7 @@ from tiny import tiny_config
 from twostage.counter_random import pair_normals, uniforms
 from twostage.errors import ConfigError
 from twostage.evaluation import pack_truth
-from twostage.models import ImpressionSimulator
+from twostage.models import ImpressionSimulator, Nominator
 from twostage.pipeline import ondemand
 from twostage.pipeline.cache import StageCache
 from twostage.pipeline.config import WorldConfig, validate, with_overrides
@@ -131,8 +131,8 @@ def test_draws_without_replacement_have_the_sequential_distribution(monkeypatch,
     monkeypatch.setattr(ondemand, "MAX_REDRAWS", max_redraws)
     p = np.array([0.55, 0.25, 0.15, 0.05])
     n = 40_000
-    log_probs = torch.from_numpy(np.log(p)).expand(n, 4).contiguous()
-    drawn = ondemand.draw_without_replacement(log_probs, torch.arange(n), 2, seed=5)
+    weights = torch.from_numpy(3 * p).expand(n, 4).contiguous()  # unnormalised
+    drawn = ondemand.draw_without_replacement(weights, torch.arange(n), 2, seed=5)
     assert (drawn[:, 0] != drawn[:, 1]).all()
     exact = exact_ordered_pairs(p)
     keys = list(exact)
@@ -145,13 +145,13 @@ def test_draws_without_replacement_have_the_sequential_distribution(monkeypatch,
 
 def test_a_users_draws_do_not_depend_on_the_block_of_users() -> None:
     g = torch.Generator().manual_seed(0)
-    log_probs = torch.log_softmax(torch.randn(50, 30, generator=g, dtype=torch.float64), 1)
+    weights = torch.randn(50, 30, generator=g, dtype=torch.float64).exp()
     users = torch.arange(100, 150)
-    whole = ondemand.draw_without_replacement(log_probs, users, 5, seed=1)
+    whole = ondemand.draw_without_replacement(weights, users, 5, seed=1)
     halves = torch.cat(
         [
-            ondemand.draw_without_replacement(log_probs[:20], users[:20], 5, seed=1),
-            ondemand.draw_without_replacement(log_probs[20:], users[20:], 5, seed=1),
+            ondemand.draw_without_replacement(weights[:20], users[:20], 5, seed=1),
+            ondemand.draw_without_replacement(weights[20:], users[20:], 5, seed=1),
         ]
     )
     assert torch.equal(whole, halves)
@@ -177,6 +177,12 @@ def test_the_pipeline_runs_on_the_on_demand_world(tiny_world: Path, tmp_path: Pa
     )
     labels, times = ondemand.pair_labels(simulator, world, log.users, log.items, CPU)
     assert torch.equal(log.rewards, labels.float()) and torch.equal(log.timestamps, times)
+    # the logged propensity is the policy's single-draw softmax probability
+    policy = load_model(Nominator, prepared.data.catalog, prepared.logging_policy.state, CPU)
+    with torch.no_grad():
+        probs = torch.softmax(policy.score_all(torch.arange(prepared.data.n_users)).double(), 1)
+    want = probs[log.users, log.items].float()
+    torch.testing.assert_close(log.propensities, want, rtol=1e-5, atol=0)
     # 2-IPS reads the ranker's scores from its vectors
     scores = context.ranker_rows(CPU)(torch.tensor([3, 7]))
     assert scores.shape == (2, prepared.data.n_items)

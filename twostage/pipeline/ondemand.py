@@ -239,18 +239,18 @@ def _draw(cdf: torch.Tensor, counters: np.ndarray, seed: int) -> torch.Tensor:
 
 
 def draw_without_replacement(
-    log_probs: torch.Tensor, users: torch.Tensor, k: int, seed: int
+    weights: torch.Tensor, users: torch.Tensor, k: int, seed: int
 ) -> torch.Tensor:
-    """k distinct items per row from each row's softmax, in draw order: (b, k) long.
+    """k distinct items per row, drawn in sequence without replacement with probabilities
+    proportional to the row's weights, in draw order: (b, k) long.
 
-    log_probs: (b, n_items) float64; users: (b,) long, each row's user, which keys its
-    counter-based uniforms. Draw j is from the softmax; a draw repeating an earlier item of the
-    row is redrawn (so it is from the softmax restricted to the items not yet drawn: exactly
-    sequential sampling without replacement); after `MAX_REDRAWS` repeats a row draws from the
-    renormalised remaining items directly.
+    weights: (b, n_items) float64, non-negative, unnormalised (a softmax's exp(logit − max));
+    users: (b,) long, each row's user, which keys its counter-based uniforms. Draw j is from the
+    weights; a draw repeating an earlier item of the row is redrawn (so it is from the weights
+    restricted to the items not yet drawn: exactly sequential sampling without replacement);
+    after `MAX_REDRAWS` repeats a row draws from its remaining items directly.
     """
-    probs = log_probs.exp()
-    cdf = probs.cumsum(1)
+    cdf = weights.cumsum(1)
     b = len(users)
     items = torch.empty(b, k, dtype=torch.long)
     base = users.numpy().astype(np.uint64) * np.uint64(k)
@@ -262,7 +262,7 @@ def draw_without_replacement(
             if attempt < MAX_REDRAWS:
                 drawn = _draw(cdf[pending], counters, seed)
             else:  # the few rows left: mask the drawn items and draw from the rest
-                rest = probs[pending].scatter(1, items[pending, :j], 0.0)
+                rest = weights[pending].scatter(1, items[pending, :j], 0.0)
                 drawn = _draw(rest.cumsum(1), counters, seed)
             repeat = (drawn[:, None] == items[pending, :j]).any(1)
             items[pending[~repeat], j] = drawn[~repeat]
@@ -292,10 +292,11 @@ def sample_bandit_log_ondemand(
         for start in range(0, world.n_users, step):
             users = torch.arange(start, min(start + step, world.n_users))
             logits = (policy.user_vectors(users.to(device)) @ item_vectors.T).cpu().double()
-            log_probs = torch.log_softmax(logits, dim=1)
-            drawn = draw_without_replacement(log_probs, users, config.k, config.seed)
+            # The softmax's weights without its log: exp(logit − max), normalised by the total.
+            weights = logits.sub_(logits.max(1, keepdim=True).values).exp_()
+            drawn = draw_without_replacement(weights, users, config.k, config.seed)
             items.append(drawn)
-            propensities.append(log_probs.gather(1, drawn).exp().float())
+            propensities.append((weights.gather(1, drawn) / weights.sum(1, keepdim=True)).float())
             if progress is not None:
                 progress.update(len(users))
     items_t = torch.cat(items).reshape(-1)
