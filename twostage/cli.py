@@ -145,6 +145,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="on-demand world: random pairs whose quantile sets the cut (1000000)",
     )
     run.add_argument(
+        "--softmax",
+        choices=["full", "sampled"],
+        help="candidate generators' softmax: full (default, the paper's) or sampled (for large "
+        "catalogues: each step scores the logged item, the generator's head and tail items "
+        "with the log-Q correction)",
+    )
+    run.add_argument("--head-size", type=int, help="sampled softmax: head items per row (100)")
+    run.add_argument("--negatives", type=int, help="sampled softmax: tail items per step (1000)")
+    run.add_argument(
+        "--proposal",
+        choices=["uniform", "popularity"],
+        help="sampled softmax: the tail's proposal (uniform)",
+    )
+    run.add_argument(
+        "--head-index",
+        choices=["exact", "faiss"],
+        help="sampled softmax: how the head is found, rebuilt every epoch: exact (scores every "
+        "item) or faiss (an inverted-file index; needs faiss-cpu)",
+    )
+    run.add_argument(
         "--world-seeds",
         help="run on several semi-synthetic worlds (stages 1-5 reseeded), e.g. 0-4: one folder "
         "per world, and a summary with each world's mean, the grand mean ± its standard error "
@@ -301,6 +321,11 @@ STAGE_FLAGS = {  # argparse dest → (stage, field) for flags that override one 
     "world": ("world", "mode"),
     "eval_users": ("world", "eval_users"),
     "cut_sample": ("world", "cut_sample"),
+    "softmax": ("candidates", "softmax"),
+    "head_size": ("candidates", "head_size"),
+    "negatives": ("candidates", "n_negatives"),
+    "proposal": ("candidates", "proposal"),
+    "head_index": ("candidates", "head_index"),
 }
 
 
@@ -349,6 +374,7 @@ def default_out(config) -> Path:
     from twostage.report import config_differences
 
     name = Path(config.dataset).name if Path(config.dataset).is_dir() else config.dataset
+    name = name.replace(":", "-").replace(",", "-")  # a synthetic spec: no ':' in folder names
     profile = replace(profile_config(config.profile), dataset=config.dataset)
     changed = [
         setting

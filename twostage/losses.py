@@ -3,6 +3,15 @@
 Notation (Ma et al., WWW 2020): π = softmax(logits) is the candidate generator's policy over items,
 `a` the logged item, `p` its logging propensity, and q(a|S) the ranker's softmax over the distinct
 items of a candidate set (slate) S. Every function is batched over rows.
+
+Sampled softmax: each loss also takes `log_mass`, (batch, P) for logits over a pool of P
+columns instead of the whole catalogue (`twostage.pipeline.pools`). Column j stands for
+exp(log_mass[j]) catalogue items — 0 for a column scored exactly (the logged item, the head of
+the policy), log(1 / (S · Q(j))) for one of S tail items drawn from a proposal Q (the log-Q
+correction), −inf for a column left out. Then Ẑ = Σ_j exp(logit_j + log_mass_j) estimates the
+softmax's normaliser and log π(j) ≈ logit_j − log Ẑ; 2-IPS draws its slates from the tempered
+pool, exp(logit_j / T + log_mass_j). Without `log_mass` the logits cover the catalogue and the
+losses are exact.
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ import torch.nn.functional as F
 from twostage.errors import ConfigError, NumericsError
 from twostage.sampling import sample_slates
 
-__all__ = ["cross_entropy_loss", "ips_loss", "ips_weights", "two_stage_ips_loss"]
+__all__ = ["cross_entropy_loss", "ips_loss", "ips_weights", "slate_policy", "two_stage_ips_loss"]
 
 
 def _first_bad_row(bad: torch.Tensor) -> int:
@@ -75,18 +84,46 @@ def _check_clip(cap: float, floor: float) -> None:
         raise ConfigError(f"need 0 < floor ≤ cap < inf, got floor={floor!r}, cap={cap!r}")
 
 
-def cross_entropy_loss(logits: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+def _check_log_mass(log_mass: torch.Tensor, logits: torch.Tensor, actions: torch.Tensor) -> None:
+    if log_mass.shape != logits.shape:
+        raise ConfigError(
+            f"log_mass {tuple(log_mass.shape)} must match logits {tuple(logits.shape)}"
+        )
+    if torch.isnan(log_mass).any() or (log_mass == torch.inf).any():
+        raise NumericsError("log_mass must be finite or −inf (a column left out)")
+    if (log_mass.gather(1, actions.view(-1, 1)) != 0).any():
+        raise ConfigError("the logged item's column must be scored exactly (log_mass 0)")
+
+
+def _pool_log_pi(logits: torch.Tensor, log_mass: torch.Tensor | None) -> torch.Tensor:
+    """(batch, P) log π of each column: log_softmax over the catalogue, or its sampled estimate
+    logit − log Ẑ over a pool; 0 (no gradient, no NaN) in columns left out."""
+    if log_mass is None:
+        return F.log_softmax(logits, dim=1)
+    kept = torch.isfinite(log_mass)
+    log_z = torch.logsumexp(logits + log_mass, dim=1, keepdim=True)
+    return torch.where(kept, logits - log_z, torch.zeros_like(logits))
+
+
+def cross_entropy_loss(
+    logits: torch.Tensor, actions: torch.Tensor, log_mass: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean negative log-likelihood of the logged items: −mean_i log π(a_i).
 
     Args:
-        logits: (batch, n_items) candidate-generator scores.
-        actions: (batch,) long, the logged item of each row (0-based).
+        logits: (batch, n_items) candidate-generator scores, or (batch, P) over a pool.
+        actions: (batch,) long, the logged item of each row (0-based), or its pool column.
+        log_mass: (batch, P) or None — a pool's columns (module docstring): the sampled softmax
+            with the log-Q correction.
 
     Returns:
         () scalar loss.
     """
     _check_logits(logits)
     _check_actions(actions, logits)
+    if log_mass is not None:
+        _check_log_mass(log_mass, logits, actions)
+        return F.cross_entropy(logits + log_mass, actions)  # the logged column's mass is 0
     # The same log-softmax and gradient as −log_softmax(logits).gather(actions).mean(), with a
     # sparse backward for the gathered entries (no dense zero matrix then a scatter).
     return F.cross_entropy(logits, actions)
@@ -169,20 +206,26 @@ def ips_loss(
     *,
     cap: float = 10.0,
     floor: float = 0.01,
+    log_mass: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One-stage IPS loss (1-IPS): −mean_i w_i log π(a_i).
 
     w_i = clip(π(a_i) / p_i, floor, cap) divided by its batch mean, and carries no gradient.
+    Over a pool (`log_mass`), π(a_i) is the sampled estimate and p_i the log's exact propensity.
 
     Args:
-        logits: (batch, n_items) candidate-generator scores.
-        actions: (batch,) long logged items.
+        logits: (batch, n_items) candidate-generator scores, or (batch, P) over a pool.
+        actions: (batch,) long logged items, or their pool columns.
         propensities: (batch,) logging propensities in (0, 1].
+        log_mass: (batch, P) or None — a pool's columns (module docstring).
 
     Returns:
         () scalar loss.
     """
     _check_inputs(logits, actions, propensities, cap, floor)
+    if log_mass is not None:
+        _check_log_mass(log_mass, logits, actions)
+        logits = logits + log_mass  # the logged column's mass is 0: its logit is unchanged
     neg_log_pi_a = F.cross_entropy(logits, actions, reduction="none")  # −log π(a_i), (batch,)
     weights = _weights_from_pi_a((-neg_log_pi_a.detach()).exp(), propensities, cap, floor)
     return (weights * neg_log_pi_a).mean()
@@ -203,6 +246,18 @@ def _check_slates(slates: torch.Tensor, batch: int, n_items: int) -> None:
         )
 
 
+def slate_policy(
+    logits: torch.Tensor, temperature: float, log_mass: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(batch, P) probabilities 2-IPS draws its slates from: softmax(logits / T) over the
+    catalogue, or over a pool softmax(logits / T + log_mass) — a tail column stands for
+    exp(log_mass) items, and a column left out (−inf) is never drawn."""
+    tempered = logits / temperature
+    if log_mass is not None:
+        tempered = tempered + log_mass
+    return F.softmax(tempered, dim=1)
+
+
 def two_stage_ips_loss(
     logits: torch.Tensor,
     actions: torch.Tensor,
@@ -217,6 +272,7 @@ def two_stage_ips_loss(
     floor: float = 0.01,
     generator: torch.Generator | None = None,
     slates: torch.Tensor | None = None,
+    log_mass: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Two-stage IPS loss (2-IPS), a Monte Carlo estimate over sampled candidate sets.
 
@@ -240,6 +296,9 @@ def two_stage_ips_loss(
         generator: random source of the sampling (see `twostage.sampling.sample_slates`).
         slates: (batch, K, L) long pre-drawn slates, without the logged item; when given,
             no sampling happens and K, L come from its shape (`n_slates`, `slate_size` unused).
+        log_mass: (batch, P) or None — logits, ranker_logits, actions and slates are over a
+            pool's columns (module docstring); slates are drawn from the tempered pool and
+            log π is the sampled estimate. A tail column is one representative item.
 
     Returns:
         () scalar loss.
@@ -255,13 +314,15 @@ def two_stage_ips_loss(
     if not math.isfinite(alpha):
         raise ConfigError(f"alpha must be finite, got {alpha!r}")
     batch, n_items = logits.shape
-    log_pi = F.log_softmax(logits, dim=1)
+    if log_mass is not None:
+        _check_log_mass(log_mass, logits, actions)
+    log_pi = _pool_log_pi(logits, log_mass)
     log_pi_a = log_pi.gather(1, actions.view(-1, 1)).squeeze(1)
     weights = _weights_from_pi_a(log_pi_a.detach().exp(), propensities, cap, floor)
 
     with torch.no_grad():
         if slates is None:
-            probs = F.softmax(logits.detach() / temperature, dim=1)
+            probs = slate_policy(logits.detach(), temperature, log_mass)
             slates = sample_slates(probs, n_slates, slate_size, generator=generator)
         else:
             _check_slates(slates, batch, n_items)

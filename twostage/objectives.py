@@ -32,6 +32,10 @@ class Batch:
     propensities: (B,) — the logging policy's propensities of those items, in (0, 1]
     ranker_logits: (B, n_items) or None — the ranker's scores (only for objectives that need them)
     k: items per user in the bandit log
+    log_mass: (B, P) or None — with the sampled softmax (`candidates.softmax = "sampled"`),
+        logits and ranker_logits are over a pool of P columns and items are pool columns;
+        log_mass says how many catalogue items each column stands for (`twostage.losses`).
+        An objective that cannot take a pool says so with `sampled=False`.
     """
 
     logits: torch.Tensor
@@ -39,6 +43,7 @@ class Batch:
     propensities: torch.Tensor
     ranker_logits: torch.Tensor | None
     k: int
+    log_mass: torch.Tensor | None = None
 
 
 class Settings(Protocol):
@@ -65,6 +70,7 @@ class Objective:
     settings: tuple[str, ...] = ()  # the CandidateConfig fields the loss reads
     needs_ranker: bool = False  # Batch.ranker_logits must be given
     paper: bool = False  # one of the paper's methods, run by default
+    sampled: bool = False  # its loss takes a pool (Batch.log_mass): the sampled softmax
 
 
 OBJECTIVES: dict[str, Objective] = {}  # in registration order: the order of tables and figures
@@ -99,14 +105,19 @@ def reading(setting: str) -> tuple[str, ...]:
 def _cross_entropy(batch: Batch, settings: Settings, generator: torch.Generator) -> torch.Tensor:
     from twostage.losses import cross_entropy_loss
 
-    return cross_entropy_loss(batch.logits, batch.items)
+    return cross_entropy_loss(batch.logits, batch.items, batch.log_mass)
 
 
 def _one_stage_ips(batch: Batch, settings: Settings, generator: torch.Generator) -> torch.Tensor:
     from twostage.losses import ips_loss
 
     return ips_loss(
-        batch.logits, batch.items, batch.propensities, cap=settings.cap, floor=settings.floor
+        batch.logits,
+        batch.items,
+        batch.propensities,
+        cap=settings.cap,
+        floor=settings.floor,
+        log_mass=batch.log_mass,
     )
 
 
@@ -125,6 +136,7 @@ def _two_stage_ips(batch: Batch, settings: Settings, generator: torch.Generator)
         cap=settings.cap,
         floor=settings.floor,
         generator=generator,
+        log_mass=batch.log_mass,
     )
 
 
@@ -142,8 +154,8 @@ def _top_k_ips(batch: Batch, settings: Settings, generator: torch.Generator) -> 
 
 
 CLIPPING = ("cap", "floor")
-register(Objective("ce", "Cross-entropy", _cross_entropy, paper=True))
-register(Objective("ips", "1-IPS", _one_stage_ips, CLIPPING, paper=True))
+register(Objective("ce", "Cross-entropy", _cross_entropy, paper=True, sampled=True))
+register(Objective("ips", "1-IPS", _one_stage_ips, CLIPPING, paper=True, sampled=True))
 register(
     Objective(
         "2s",
@@ -152,6 +164,7 @@ register(
         ("alpha", "n_slates", "slate_size", "temperature", *CLIPPING),
         needs_ranker=True,
         paper=True,
+        sampled=True,
     )
 )
 register(Objective("ips-topk", "Top-K IPS", _top_k_ips, CLIPPING))

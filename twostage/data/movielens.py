@@ -353,16 +353,25 @@ def _read_items(path: Path, layout: Layout) -> tuple[dict, bytes]:
 
 
 def _genre_flags_from_names(path: Path, genres: pd.Series) -> np.ndarray:
-    dummies = genres.str.get_dummies(sep="|")
-    unknown = [g for g in dummies.columns if g not in GENRES]
-    if unknown:
-        row = int(np.flatnonzero(dummies[unknown[0]].to_numpy())[0])
+    """(n_items, 18) 0/1 flags of `|`-separated genre names; an unknown name (the first in
+    alphabetical order) raises `DataFormatError` at the first line holding it."""
+    # One (row, name) pair per listed genre: linear in the file (get_dummies took ~9 s on 1M).
+    names = genres.reset_index(drop=True).str.split("|").explode()
+    rows, names = names.index.to_numpy(), names.to_numpy(dtype=object)
+    listed = pd.notna(names) & (names != "")
+    codes = pd.Index(GENRES).get_indexer(names)
+    unknown = listed & (codes < 0)
+    if unknown.any():
+        name = min(names[unknown])
+        row = int(rows[unknown & (names == name)][0])
         raise DataFormatError(
             path,
-            f"genre {unknown[0]!r} is not an ML-1M genre; expected names from {', '.join(GENRES)}",
+            f"genre {name!r} is not an ML-1M genre; expected names from {', '.join(GENRES)}",
             row + 1,
         )
-    return dummies.reindex(columns=list(GENRES), fill_value=0).to_numpy(dtype=np.float64)
+    flags = np.zeros((len(genres), len(GENRES)), dtype=np.float64)
+    flags[rows[listed], codes[listed]] = 1.0
+    return flags
 
 
 def _genre_flags_from_columns(path: Path, table: pd.DataFrame) -> np.ndarray:

@@ -93,8 +93,11 @@ def split_fields(path: Path, text: str, *, sep: str, names: list[str]) -> pd.Dat
 def _fields_per_line(text: str, n_lines: int) -> np.ndarray:
     """Number of tab-separated fields on each line, counted on the bytes (no loop over lines)."""
     codes = np.frombuffer(text.encode("latin-1"), dtype=np.uint8)
-    line_of_byte = np.cumsum(codes == ord("\n"))
-    tabs = np.bincount(line_of_byte[codes == ord("\t")], minlength=n_lines)
+    # A tab's line is the number of newlines before it: positions only, not a running count per
+    # byte (an int64 per byte was 8x the file, 670 MB for 3M ratings).
+    newlines = np.flatnonzero(codes == ord("\n"))
+    line_of_tab = np.searchsorted(newlines, np.flatnonzero(codes == ord("\t")))
+    tabs = np.bincount(line_of_tab, minlength=n_lines)
     return tabs[:n_lines] + 1
 
 

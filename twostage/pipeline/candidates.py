@@ -13,6 +13,7 @@ from twostage.data import Catalog
 from twostage.evaluation import Evaluator
 from twostage.models import Nominator
 from twostage.pipeline.config import CandidateConfig
+from twostage.pipeline.pools import PoolSampler
 from twostage.pipeline.training import cpu_state, fit, seeded
 
 
@@ -53,6 +54,18 @@ class Context:
         user_vectors = self.ranker_user_vectors.to(device)
         item_vectors = self.ranker_item_vectors.to(device)
         return lambda users: user_vectors[users] @ item_vectors.T
+
+    def ranker_pool(
+        self, device: torch.device
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """A function of users: (b,) long and items: (b, P) long on `device` → the ranker's
+        scores of those pairs (b, P), with the tables moved to `device` once."""
+        if self.ranker_scores is not None:
+            scores = self.ranker_scores.to(device)
+            return lambda users, items: scores[users[:, None], items]
+        user_vectors = self.ranker_user_vectors.to(device)
+        item_vectors = self.ranker_item_vectors.to(device)
+        return lambda users, items: (user_vectors[users][:, None, :] * item_vectors[items]).sum(2)
 
 
 def validation_size(n_users: int) -> int:
@@ -160,10 +173,44 @@ def train_candidate_generator(
     users, items = context.users.to(device), context.items.to(device)
     propensities = context.propensities.to(device)
     objective = objectives.get(method)
-    ranker_rows = context.ranker_rows(device) if objective.needs_ranker else None
+    sampled = config.softmax == "sampled"
+    ranker_rows = context.ranker_rows(device) if objective.needs_ranker and not sampled else None
+    sampler = None
+    if sampled:
+        popularity = torch.bincount(context.items, minlength=context.catalog.n_items)
+        sampler = PoolSampler(context.catalog.n_items, config, generator, device, popularity)
+        sampler.refresh(model)
+        ranker_pool = context.ranker_pool(device) if objective.needs_ranker else None
+
+    def pooled_loss(idx: torch.Tensor) -> torch.Tensor:
+        """The loss over each row's pool (`twostage.pipeline.pools`), not every item."""
+        batch_users, logged = users[idx], items[idx]
+        user_vectors = model.user_vectors(batch_users)  # (B, d)
+        pool = sampler.pool(user_vectors, logged)
+        columns = pool.items(logged)  # (B, P)
+        exact = 1 + pool.head.shape[1]  # the logged item and the head: one set per row
+        row_items = model.items(columns[:, :exact].reshape(-1)).view(len(idx), exact, -1)
+        logits = torch.cat(
+            [
+                (user_vectors[:, None, :] * row_items).sum(2),
+                user_vectors @ model.items(pool.tail).T,
+            ],
+            dim=1,
+        )
+        logged_batch = objectives.Batch(
+            logits=logits,
+            items=torch.zeros_like(logged),  # column 0
+            propensities=propensities[idx],
+            ranker_logits=None if ranker_pool is None else ranker_pool(batch_users, columns),
+            k=context.k,
+            log_mass=pool.log_mass,
+        )
+        return objective.loss(logged_batch, config, device_generator)
 
     def batch_loss(batch: torch.Tensor) -> torch.Tensor:
         idx = batch.to(device)
+        if sampler is not None:
+            return pooled_loss(idx)
         batch_users = users[idx]
         logged = objectives.Batch(
             logits=model.score_all(batch_users),
@@ -199,6 +246,8 @@ def train_candidate_generator(
             best_state = cpu_state(model)
         if progress is not None:
             progress.update(1)
+        if sampler is not None:  # the next epoch's head index, from this epoch's end
+            sampler.refresh(model)
         return False
 
     fit(

@@ -19,6 +19,9 @@ PROPENSITIES = ("single", "inclusion")
 EARLY_STOPS = ("run", "authors")  # the paper's text, the authors' code
 RATINGS_ORDERS = ("file", "user")
 WORLD_MODES = ("dense", "on-demand")
+SOFTMAXES = ("full", "sampled")
+PROPOSALS = ("uniform", "popularity")
+HEAD_INDEXES = ("exact", "faiss")
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,16 @@ class CandidateConfig:
     eval_k: int = 30
     select_metric: str = "Precision@10"
     shuffle: bool = False
+    # "full": the softmax over every item (the paper's). "sampled", for large catalogues: each
+    # step scores a pool (`twostage.pipeline.pools`) — the logged item, the `head_size` items the
+    # generator scores highest (found with `head_index`, rebuilt every epoch) and `n_negatives`
+    # tail items drawn from `proposal`, weighted by the log-Q correction.
+    softmax: str = "full"
+    head_size: int = 100
+    n_negatives: int = 1000
+    proposal: str = "uniform"  # or "popularity": the logged positives' counts, plus one
+    head_index: str = "exact"  # or "faiss": an inverted-file index (faiss-cpu), `nprobe` lists
+    nprobe: int = 16
 
 
 @dataclass(frozen=True)
@@ -281,6 +294,33 @@ def validate(config: ExperimentConfig) -> None:
         raise ConfigError(
             f"candidates.temperature must be > 0, got {c.temperature}.", "candidates.temperature"
         )
+    for name, allowed in (
+        ("softmax", SOFTMAXES),
+        ("proposal", PROPOSALS),
+        ("head_index", HEAD_INDEXES),
+    ):
+        if getattr(c, name) not in allowed:
+            raise ConfigError(
+                f"candidates.{name} {getattr(c, name)!r}: expected one of {', '.join(allowed)}.",
+                f"candidates.{name}",
+            )
+    for name in ("head_size", "n_negatives", "nprobe"):
+        if getattr(c, name) < (0 if name == "head_size" else 1):
+            raise ConfigError(
+                f"candidates.{name} must be ≥ {0 if name == 'head_size' else 1}, "
+                f"got {getattr(c, name)}.",
+                f"candidates.{name}",
+            )
+    if c.softmax == "sampled":
+        from twostage import objectives
+
+        full_only = [m for m in config.methods if not objectives.get(m).sampled]
+        if full_only:
+            raise ConfigError(
+                f"method(s) {', '.join(full_only)} need the full softmax; drop them or use "
+                "candidates.softmax full.",
+                "candidates.softmax",
+            )
     for name in ("n_slates", "slate_size", "eval_k", "epochs", "batch_size"):
         if getattr(c, name) < 1:
             raise ConfigError(

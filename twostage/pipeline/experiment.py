@@ -51,7 +51,23 @@ KEYED_WHEN_SET = {
     "mode": "dense",
     "eval_users": 4000,
     "cut_sample": 1_000_000,
+    "softmax": "full",
+    "head_size": 100,
+    "n_negatives": 1000,
+    "proposal": "uniform",
+    "head_index": "exact",
+    "nprobe": 16,
 }
+
+
+def keyed_settings(settings: Any) -> dict[str, Any]:
+    """A stage's settings as its cache key sees them: those of `KEYED_WHEN_SET` left out while
+    at their default."""
+    return {
+        k: v
+        for k, v in dataclasses.asdict(settings).items()
+        if not (k in KEYED_WHEN_SET and v == KEYED_WHEN_SET[k])
+    }
 
 
 @dataclass
@@ -208,12 +224,7 @@ def prepare(
 def stage_key(name: str, settings: Any, parent: str, device: torch.device) -> str:
     """The cache key of stage `name` with its settings (a dataclass), its parent's key (or the
     data's fingerprint) and the device type."""
-    values = {
-        k: v
-        for k, v in dataclasses.asdict(settings).items()
-        if not (k in KEYED_WHEN_SET and v == KEYED_WHEN_SET[k])
-    }
-    return stable_key(name, (STAGE_VERSION, device.type), parent, values)
+    return stable_key(name, (STAGE_VERSION, device.type), parent, keyed_settings(settings))
 
 
 def _src(cached: dict[str, bool], name: str) -> str:
@@ -370,7 +381,7 @@ def run_key(prepared: Prepared, config: ExperimentConfig, method: str, seed: int
         prepared.keys["ranker"],
         method,
         seed,
-        dataclasses.asdict(config.candidates),
+        keyed_settings(config.candidates),
     )
 
 
