@@ -124,11 +124,15 @@ def exact_ordered_pairs(p: np.ndarray) -> dict[tuple[int, int], float]:
     return {(i, j): p[i] * p[j] / (1 - p[i]) for i, j in itertools.permutations(range(len(p)), 2)}
 
 
-@pytest.mark.parametrize("max_redraws", [64, 0])
-def test_draws_without_replacement_have_the_sequential_distribution(monkeypatch, max_redraws):
+@pytest.mark.parametrize(("max_redraws", "chunk"), [(64, 1024), (0, 1024), (64, 2), (0, 2), (64, 1)])
+def test_draws_without_replacement_have_the_sequential_distribution(
+    monkeypatch, max_redraws, chunk
+):
     """Two draws from a peaked softmax over 4 items, 40,000 users: the ordered pairs' counts
-    fit p_i p_j / (1 − p_i) (χ²); with no redraws allowed, the masked draw gives the same."""
+    fit p_i p_j / (1 − p_i) (χ²); with no redraws allowed, the masked draw gives the same, and
+    so do chunks of the two-level inverse CDF that split the items."""
     monkeypatch.setattr(ondemand, "MAX_REDRAWS", max_redraws)
+    monkeypatch.setattr(ondemand, "DRAW_CHUNK", chunk)
     p = np.array([0.55, 0.25, 0.15, 0.05])
     n = 40_000
     weights = torch.from_numpy(3 * p).expand(n, 4).contiguous()  # unnormalised
@@ -143,9 +147,12 @@ def test_draws_without_replacement_have_the_sequential_distribution(monkeypatch,
     assert stats.chisquare(counts, expected).pvalue > 1e-3
 
 
-def test_a_users_draws_do_not_depend_on_the_block_of_users() -> None:
+@pytest.mark.parametrize("chunk", [1024, 4])
+def test_a_users_draws_do_not_depend_on_the_block_of_users(monkeypatch, chunk) -> None:
+    monkeypatch.setattr(ondemand, "DRAW_CHUNK", chunk)
     g = torch.Generator().manual_seed(0)
     weights = torch.randn(50, 30, generator=g, dtype=torch.float64).exp()
+    weights[:, ::7] = 0.0  # items of weight zero are never drawn
     users = torch.arange(100, 150)
     whole = ondemand.draw_without_replacement(weights, users, 5, seed=1)
     halves = torch.cat(
@@ -156,6 +163,21 @@ def test_a_users_draws_do_not_depend_on_the_block_of_users() -> None:
     )
     assert torch.equal(whole, halves)
     assert all(len(set(row.tolist())) == 5 for row in whole)
+    assert (weights.gather(1, whole) > 0).all()
+
+
+def test_a_draw_that_rounding_points_at_a_zero_weight_is_flagged(monkeypatch) -> None:
+    """The chunk sums and a chunk's running sum round differently; a uniform in the gap between
+    them would point past the chunk's last positive item. Such a draw is flagged, not kept."""
+    monkeypatch.setattr(ondemand, "DRAW_CHUNK", 4)
+    weights = torch.tensor([[1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]], dtype=torch.float64)
+    chunk_cdf = torch.tensor([[2.0 + 1e-9, 6.0 + 1e-9]], dtype=torch.float64)  # rounded up
+    x_in_gap = (2.0 + 0.5e-9) / (6.0 + 1e-9)
+    u = torch.tensor([x_in_gap, 0.1, 0.9], dtype=torch.float64)
+    rows = torch.zeros(3, dtype=torch.long)
+    items, ok = ondemand._draw(weights, chunk_cdf, rows, u)
+    assert ok.tolist() == [False, True, True]
+    assert items[1] == 0 and items[2] == 7
 
 
 # -- end to end -----------------------------------------------------------------------------------

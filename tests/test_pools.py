@@ -163,6 +163,41 @@ def test_how_far_a_small_pool_moves_the_loss_and_its_gradient(setting) -> None:
     assert torch.nn.functional.cosine_similarity(mean_grad, full, dim=0) > 0.99
 
 
+def test_how_far_a_small_pool_moves_two_stage_ips(setting) -> None:
+    """2-IPS (α = 0.1, 20 slates of 5) with head 10 and 20 tail items of 60, 300 draws each: the
+    mean loss lies within 8% of the full softmax's (measured: +4%, from log Ẑ's Jensen gap and
+    the pooled slates) and the mean gradient points the same way (measured cosine 0.9999)."""
+    data, model, users, logged, propensities, ranker = setting
+    sampler = sampler_for(data, model, head_size=10, n_negatives=20)
+    settings = {"alpha": 0.1, "cap": 10.0, "floor": 0.01, "n_slates": 20, "slate_size": 5}
+    g = torch.Generator().manual_seed(5)
+
+    def mean_loss_and_grad(pooled: bool) -> tuple[float, torch.Tensor]:
+        losses, grads = [], []
+        for _ in range(300):
+            if pooled:
+                logits, columns, log_mass = pooled_logits(model, sampler, users, logged)
+                loss = two_stage_ips_loss(
+                    logits, torch.zeros_like(logged), propensities, ranker[users[:, None], columns],
+                    log_mass=log_mass, generator=g, **settings,
+                )  # fmt: skip
+            else:
+                loss = two_stage_ips_loss(
+                    model.score_all(users), logged, propensities, ranker[users], generator=g,
+                    **settings,
+                )  # fmt: skip
+            model.zero_grad()
+            loss.backward()
+            losses.append(loss.item())
+            grads.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+        return sum(losses) / len(losses), torch.stack(grads).mean(0)
+
+    full_loss, full_grad = mean_loss_and_grad(False)
+    pooled_loss, pooled_grad = mean_loss_and_grad(True)
+    assert pooled_loss == pytest.approx(full_loss, rel=0.08)
+    assert torch.nn.functional.cosine_similarity(pooled_grad, full_grad, dim=0) > 0.99
+
+
 def test_tail_items_counted_exactly_elsewhere_are_left_out(setting) -> None:
     data, model, users, logged, _, _ = setting
     sampler = sampler_for(data, model, head_size=8, n_negatives=200)
