@@ -124,7 +124,9 @@ def exact_ordered_pairs(p: np.ndarray) -> dict[tuple[int, int], float]:
     return {(i, j): p[i] * p[j] / (1 - p[i]) for i, j in itertools.permutations(range(len(p)), 2)}
 
 
-@pytest.mark.parametrize(("max_redraws", "chunk"), [(64, 1024), (0, 1024), (64, 2), (0, 2), (64, 1)])
+@pytest.mark.parametrize(
+    ("max_redraws", "chunk"), [(64, 1024), (0, 1024), (64, 2), (0, 2), (64, 1)]
+)
 def test_draws_without_replacement_have_the_sequential_distribution(
     monkeypatch, max_redraws, chunk
 ):

@@ -9,7 +9,15 @@ import torch
 from torch import nn
 
 from twostage.errors import NumericsError
-from twostage.pipeline.training import adagrad, batches, fit, load_model, seeded
+from twostage.pipeline.training import (
+    LazyAdagrad,
+    adagrad,
+    batches,
+    fit,
+    id_tables,
+    load_model,
+    seeded,
+)
 
 SCHEDULE = SimpleNamespace(epochs=3, batch_size=4, lr=0.1, weight_decay=1e-4)
 X = torch.randn(10, 3, generator=torch.Generator().manual_seed(0))
@@ -102,3 +110,77 @@ def test_load_model_rebuilds_the_trained_model_in_evaluation_mode():
     model = load_model(Tiny, 3, trained.state_dict(), torch.device("cpu"))
     assert not model.training
     assert torch.equal(model.linear.weight, trained.linear.weight)
+
+
+# -- the lazy optimiser (optimizer = "lazy-adagrad") ----------------------------------------------
+
+
+class Tables(nn.Module):
+    """An id table as the models name it, and a dense layer beside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.item_embedding = nn.Embedding(20, 3, padding_idx=0)
+        self.linear = nn.Linear(3, 1)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.item_embedding(idx)).squeeze(1)
+
+
+def test_lazy_adagrad_steps_the_touched_rows_as_adagrad_and_leaves_the_rest() -> None:
+    """Three steps that look up rows 2, 5 (twice) and 7: those rows follow torch's AdaGrad on
+    their summed gradients, weight decay included; the other rows do not move."""
+    torch.manual_seed(0)
+    model = Tables()
+    before = model.item_embedding.weight.detach().clone()
+    lazy = LazyAdagrad(id_tables(model), lr=0.1, weight_decay=0.5)
+    rows, touched = torch.tensor([2, 5, 5, 7]), torch.tensor([2, 5, 7])
+    reference = nn.Parameter(before[touched].clone())
+    optimizer = torch.optim.Adagrad([reference], lr=0.1, weight_decay=0.5)
+    for _ in range(3):
+        (model(rows) ** 2).sum().backward()
+        grad = model.item_embedding.weight.grad
+        assert grad.is_sparse
+        reference.grad = grad.to_dense()[touched]
+        optimizer.step()
+        lazy.step()
+        assert model.item_embedding.weight.grad is None
+        model.linear.zero_grad()
+    weight = model.item_embedding.weight.detach()
+    torch.testing.assert_close(weight[touched], reference.detach(), rtol=1e-6, atol=1e-7)
+    untouched = torch.ones(20, dtype=torch.bool)
+    untouched[touched] = False
+    assert torch.equal(weight[untouched], before[untouched])
+
+
+def test_lazy_adagrad_with_a_dense_gradient_is_torchs_adagrad() -> None:
+    torch.manual_seed(0)
+    model = Tables()
+    reference = nn.Parameter(model.item_embedding.weight.detach().clone())
+    lazy = LazyAdagrad(id_tables(model), lr=0.1, weight_decay=0.01)
+    optimizer = torch.optim.Adagrad([reference], lr=0.1, weight_decay=0.01)
+    for _ in range(3):
+        weight = model.item_embedding.weight
+        (weight[1:] ** 2).sum().backward()  # the whole table, as the full softmax uses it
+        reference.grad = 2 * reference.detach() * (torch.arange(20) > 0)[:, None]
+        lazy.step()
+        optimizer.step()
+        torch.testing.assert_close(weight.detach(), reference.detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_fit_with_the_lazy_optimiser_leaves_rows_no_batch_looked_up() -> None:
+    torch.manual_seed(0)
+    model = Tables()
+    before = model.item_embedding.weight.detach().clone()
+    idx = torch.tensor([1, 3, 4, 9, 11, 12])
+    target = torch.randn(6, generator=torch.Generator().manual_seed(1))
+    schedule = SimpleNamespace(**vars(SCHEDULE), optimizer="lazy-adagrad")
+    linear_before = model.linear.weight.detach().clone()
+    fit(model, lambda b: ((model(idx[b]) - target[b]) ** 2).mean(), schedule, n_rows=6,
+        generator=seeded(0), shuffle=True, drop_last=False, stage="test")  # fmt: skip
+    weight = model.item_embedding.weight.detach()
+    looked_up = torch.zeros(20, dtype=torch.bool)
+    looked_up[idx] = True
+    assert torch.equal(weight[~looked_up], before[~looked_up])
+    assert not torch.equal(weight[looked_up], before[looked_up])
+    assert not torch.equal(model.linear.weight.detach(), linear_before)  # the flat AdaGrad runs

@@ -165,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
         "item) or faiss (an inverted-file index; needs faiss-cpu)",
     )
     run.add_argument(
+        "--optimizer",
+        choices=["adagrad", "lazy-adagrad"],
+        help="every trained stage's optimiser: adagrad (default, the paper's: every parameter "
+        "at every step) or lazy-adagrad (the user and item id tables updated only in the rows "
+        "a step touched; for large catalogues)",
+    )
+    run.add_argument(
         "--world-seeds",
         help="run on several semi-synthetic worlds (stages 1-5 reseeded), e.g. 0-4: one folder "
         "per world, and a summary with each world's mean, the grand mean ± its standard error "
@@ -351,6 +358,9 @@ def experiment_config(args: argparse.Namespace):
     for dest, (stage, name) in STAGE_FLAGS.items():
         if getattr(args, dest, None) is not None:
             overrides.setdefault(stage, {})[name] = getattr(args, dest)
+    if getattr(args, "optimizer", None) is not None:  # one flag, every trained stage
+        for stage in ("simulator", "logging_policy", "ranker", "candidates"):
+            overrides.setdefault(stage, {})["optimizer"] = args.optimizer
     config = with_overrides(profile_config(args.profile), overrides)
     validate(config)
     resolve_device(config.device)

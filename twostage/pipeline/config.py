@@ -19,6 +19,7 @@ PROPENSITIES = ("single", "inclusion")
 EARLY_STOPS = ("run", "authors")  # the paper's text, the authors' code
 RATINGS_ORDERS = ("file", "user")
 WORLD_MODES = ("dense", "on-demand")
+OPTIMIZERS = ("adagrad", "lazy-adagrad")
 SOFTMAXES = ("full", "sampled")
 PROPOSALS = ("uniform", "popularity")
 HEAD_INDEXES = ("exact", "faiss")
@@ -32,6 +33,10 @@ class SimulatorConfig:
     batch_size: int = 128
     lr: float = 0.05
     weight_decay: float = 1e-4
+    # "adagrad": torch's AdaGrad over every parameter at every step (the paper's).
+    # "lazy-adagrad": the id embedding tables updated only in the rows a step touched
+    # (`twostage.pipeline.training.LazyAdagrad`), for large catalogues.
+    optimizer: str = "adagrad"
     validate_every: int = 500  # steps between validation checks (see early_stop)
     stop_auc: float = 0.735
     # Rows of the validation split the periodic AUC checks use: None → all of it (the paper's
@@ -81,6 +86,10 @@ class LoggingPolicyConfig:
     batch_size: int = 128
     lr: float = 0.05
     weight_decay: float = 1e-4
+    # "adagrad": torch's AdaGrad over every parameter at every step (the paper's).
+    # "lazy-adagrad": the id embedding tables updated only in the rows a step touched
+    # (`twostage.pipeline.training.LazyAdagrad`), for large catalogues.
+    optimizer: str = "adagrad"
     seed: int = 0
 
 
@@ -104,6 +113,10 @@ class RankerConfig:
     batch_size: int = 128
     lr: float = 0.05
     weight_decay: float = 1e-4
+    # "adagrad": torch's AdaGrad over every parameter at every step (the paper's).
+    # "lazy-adagrad": the id embedding tables updated only in the rows a step touched
+    # (`twostage.pipeline.training.LazyAdagrad`), for large catalogues.
+    optimizer: str = "adagrad"
     shuffle: bool = False
     seed: int = 0
     # Beyond the paper: re-rank with the simulator's own truth (logit of its probability at the
@@ -119,6 +132,10 @@ class CandidateConfig:
     batch_size: int = 128
     lr: float = 0.05
     weight_decay: float = 1e-4
+    # "adagrad": torch's AdaGrad over every parameter at every step (the paper's).
+    # "lazy-adagrad": the id embedding tables updated only in the rows a step touched
+    # (`twostage.pipeline.training.LazyAdagrad`), for large catalogues.
+    optimizer: str = "adagrad"
     cap: float = 10.0
     floor: float = 0.01
     alpha: float = 1e-3
@@ -325,6 +342,13 @@ def validate(config: ExperimentConfig) -> None:
         if getattr(c, name) < 1:
             raise ConfigError(
                 f"candidates.{name} must be ≥ 1, got {getattr(c, name)}.", f"candidates.{name}"
+            )
+    for stage in ("simulator", "logging_policy", "ranker", "candidates"):
+        value = getattr(config, stage).optimizer
+        if value not in OPTIMIZERS:
+            raise ConfigError(
+                f"{stage}.optimizer {value!r}: expected one of {', '.join(OPTIMIZERS)}.",
+                f"{stage}.optimizer",
             )
     s = config.simulator
     if s.early_stop not in EARLY_STOPS:

@@ -57,6 +57,7 @@ KEYED_WHEN_SET = {
     "proposal": "uniform",
     "head_index": "exact",
     "nprobe": 16,
+    "optimizer": "adagrad",
 }
 
 
