@@ -135,6 +135,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     scale.add_argument("--head-index", choices=["exact", "faiss"])
     scale.add_argument("--head-size", type=int)
     scale.add_argument("--negatives", type=int)
+    scale.add_argument("--optimizer", choices=["adagrad", "lazy-adagrad"])
     return parser.parse_args(argv)
 
 
@@ -152,6 +153,9 @@ def scale_overrides(args: argparse.Namespace) -> dict:
     for dest, (stage, name) in flags.items():
         if getattr(args, dest) is not None:
             overrides.setdefault(stage, {})[name] = getattr(args, dest)
+    if args.optimizer is not None:
+        for stage in ("simulator", "logging_policy", "ranker", "candidates"):
+            overrides.setdefault(stage, {})["optimizer"] = args.optimizer
     return overrides
 
 
@@ -267,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         "data_seconds": round(data_seconds, 2),  # generating (if not cached) and reading it
         "world": meta["config"]["world"]["mode"],
         "softmax": meta["config"]["candidates"]["softmax"],
+        "optimizer": meta["config"]["candidates"]["optimizer"],
         "world_info": meta["world"],
         "stage_seconds": {s: stage_seconds[s] for s in STAGES},
         "run_seconds": run_seconds,
