@@ -333,16 +333,18 @@ class CompactEvaluator(Evaluator):
     small enough for both it equals `Evaluator` built from the unpacked truth and the ranker's
     dot products (tested).
 
-    users: (m,) long — the evaluated users' global rows; row r of everything below is user
-        users[r], and every `users` argument of the methods is such a row (0..m-1).
-    truth_bits: (m, ⌈n_items / 8⌉) uint8 — `pack_truth` of their truth.
-    n_items: the catalogue size.
-    logged_users, logged_items: (n_logged,) long — logged positive pairs of any users (global
-        rows); those of the evaluated users are never ranked.
-    ranker_vectors: (m, d) float — the ranker's context vector of each evaluated user.
-    item_vectors: (n_items, d) float — the ranker's item vectors; a pair's ranker score is the
-        dot product of the two.
-    k and the metric settings: as `Evaluator`.
+    Args:
+        users: (m,) long — the evaluated users' global rows; row r of everything below is user
+            users[r], and every `users` argument of the methods is such a row (0..m-1).
+        truth_bits: (m, ⌈n_items / 8⌉) uint8 — `pack_truth` of their truth.
+        n_items: the catalogue size.
+        logged_users: (n_logged,) long — users (global rows) of logged positive pairs of any
+            users; those of the evaluated users are never ranked.
+        logged_items: (n_logged,) long — the items of those pairs.
+        ranker_vectors: (m, d) float — the ranker's context vector of each evaluated user.
+        item_vectors: (n_items, d) float — the ranker's item vectors; a pair's ranker score is
+            the dot product of the two.
+        k: the candidate-set size, and the metric settings: as `Evaluator`.
     """
 
     def __init__(

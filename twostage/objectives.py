@@ -33,9 +33,9 @@ class Batch:
     ranker_logits: (B, n_items) or None — the ranker's scores (only for objectives that need them)
     k: items per user in the bandit log
     log_mass: (B, P) or None — with the sampled softmax (`candidates.softmax = "sampled"`),
-        logits and ranker_logits are over a pool of P columns and items are pool columns;
-        log_mass says how many catalogue items each column stands for (`twostage.losses`).
-        An objective that cannot take a pool says so with `sampled=False`.
+    logits and ranker_logits are over a pool of P columns and items are pool columns; log_mass
+    says how many catalogue items each column stands for (`twostage.losses`). An objective that
+    cannot take a pool says so with `sampled=False`.
     """
 
     logits: torch.Tensor

@@ -97,13 +97,16 @@ class OnDemandWorld:
     evaluated users' truths are stored, bit-packed.
 
     Attributes:
-        n_users, n_items: the catalogue's size.
+        n_users: the number of users.
+        n_items: the number of items.
         seed: the seed of every pair's timestamp.
-        time_mean, time_std: (n_users,) float64 — each user's timestamp distribution (the
-            moments of their ratings' normalised times).
+        time_mean: (n_users,) float64 — the mean of each user's timestamp distribution (of
+            their ratings' normalised times).
+        time_std: (n_users,) float64 — its standard deviation.
         mean_timestamps: (n_users,) float32 — `time_mean`, the evaluator's context (the dense
             world uses the mean of the user's sampled times, which tends to it).
-        cut: the probability cut; cut_rule: how it was chosen.
+        cut: the probability cut.
+        cut_rule: how it was chosen.
         positive_share: the share of positive labels among the `cut_sample` pairs that chose
             the cut (an estimate of the world's).
         eval_users: (m,) long — the evaluated users (global rows): the first m, validation first.

@@ -23,14 +23,14 @@ class Context:
 
     users, items, propensities: (n_positive,) — logged impressions with reward 1, in log order
     ranker_scores: (n_users, n_items) — the ranker at each user's mean timestamp (2-IPS's q);
-        None on the on-demand world, whose ranker scores are the dot products of
-        ranker_user_vectors: (n_users, d) and ranker_item_vectors: (n_items, d), taken for the
-        users a batch needs (`ranker_rows`)
+    None on the on-demand world, whose ranker scores are the dot products of
+    ranker_user_vectors: (n_users, d) and ranker_item_vectors: (n_items, d), taken for the users
+    a batch needs (`ranker_rows`)
     evaluator: an `Evaluator` of all users (dense world) or a `CompactEvaluator` of the evaluated
-        users (on-demand world)
-    val_users, test_users: (m,) long — the evaluator's rows of the validation and test users:
-        the first round(2000·n_users/6040) users and the rest (dense world), or the first and
-        second half of the evaluated users (on-demand)
+    users (on-demand world)
+    val_users, test_users: (m,) long — the evaluator's rows of the validation and test users: the
+    first round(2000·n_users/6040) users and the rest (dense world), or the first and second
+    half of the evaluated users (on-demand)
     """
 
     catalog: Catalog

@@ -44,7 +44,7 @@ class Pool:
     head: (B, M) long — each row's head items (M = min(head_size, n_items)).
     tail: (S,) long — the tail items, shared by every row.
     log_mass: (B, 1 + M + S) float — per column: 0 for the logged item and the head,
-        −log(S · Q(j)) for a tail item, −inf for a column left out.
+    −log(S · Q(j)) for a tail item, −inf for a column left out.
     """
 
     head: torch.Tensor
