@@ -42,6 +42,20 @@ def _check_finite(name: str, scores: Tensor) -> None:
         raise NumericsError(f"{name} must be finite; found NaN or ±inf")
 
 
+def _check_logged(logged_users: Tensor, logged_items: Tensor, n_items: int) -> None:
+    """Refuse logged pairs that are not two 1-D tensors of one length, or items outside the
+    catalogue."""
+    if logged_users.dim() != 1 or logged_users.shape != logged_items.shape:
+        raise ConfigError(
+            "logged_users and logged_items must be 1-D of the same length, got "
+            f"{tuple(logged_users.shape)} and {tuple(logged_items.shape)}"
+        )
+    if logged_items.numel() and not (
+        0 <= int(logged_items.min()) and int(logged_items.max()) < n_items
+    ):
+        raise ConfigError(f"logged_items must lie in [0, {n_items})")
+
+
 class Evaluator:
     """Ranks candidate generators' scores and judges them with the simulator's truth.
 
@@ -77,35 +91,17 @@ class Evaluator:
                 f"got {ranker_scores.dtype} {tuple(ranker_scores.shape)}"
             )
         _check_finite("ranker_scores", ranker_scores)
-        if logged_users.dim() != 1 or logged_users.shape != logged_items.shape:
-            raise ConfigError(
-                "logged_users and logged_items must be 1-D of the same length, got "
-                f"{tuple(logged_users.shape)} and {tuple(logged_items.shape)}"
-            )
+        _check_logged(logged_users, logged_items, n_items)
         if logged_users.numel() and not (
             0 <= int(logged_users.min()) and int(logged_users.max()) < n_users
         ):
             raise ConfigError(f"logged_users must lie in [0, {n_users})")
-        if logged_items.numel() and not (
-            0 <= int(logged_items.min()) and int(logged_items.max()) < n_items
-        ):
-            raise ConfigError(f"logged_items must lie in [0, {n_items})")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ConfigError(f"k must be a positive integer, got {k!r}")
-        for ks in (precision_ks, recall_ks, ndcg_ks):
-            for value in ks:
-                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                    raise ConfigError(f"metric cut-offs must be positive integers, got {value!r}")
+        self._set_ranking(k, precision_ks, recall_ks, ndcg_ks, mean_ap)
 
         # Contiguous (no copy when they already are, as the pipeline's are): `_pairs` reads
         # them by flat index.
         self.truth = truth.contiguous()
         self.ranker_scores = ranker_scores.contiguous()
-        self.k = k
-        self.precision_ks = tuple(precision_ks)
-        self.recall_ks = tuple(recall_ks)
-        self.ndcg_ks = tuple(ndcg_ks)
-        self.mean_ap = mean_ap
         self.n_users, self.n_items = n_users, n_items
         excluded = torch.zeros(n_users, n_items, dtype=torch.bool, device=truth.device)
         excluded[logged_users.long(), logged_items.long()] = True
@@ -116,6 +112,27 @@ class Evaluator:
         self.n_relevant = truth.sum(1)  # (n_users,), logged true positives included
         self.device = truth.device
         self.users = torch.arange(n_users, device=truth.device)  # global rows: all users
+
+    def _set_ranking(
+        self,
+        k: int,
+        precision_ks: Sequence[int],
+        recall_ks: Sequence[int],
+        ndcg_ks: Sequence[int],
+        mean_ap: bool,
+    ) -> None:
+        """Check and keep the candidate-set size and the metric cut-offs (both evaluators)."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError(f"k must be a positive integer, got {k!r}")
+        for ks in (precision_ks, recall_ks, ndcg_ks):
+            for value in ks:
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise ConfigError(f"metric cut-offs must be positive integers, got {value!r}")
+        self.k = k
+        self.precision_ks = tuple(precision_ks)
+        self.recall_ks = tuple(recall_ks)
+        self.ndcg_ks = tuple(ndcg_ks)
+        self.mean_ap = mean_ap
 
     # -- what is looked up per (user, item) pair: the subclass `CompactEvaluator` overrides these
 
@@ -383,29 +400,14 @@ class CompactEvaluator(Evaluator):
             raise ConfigError("ranker_vectors and item_vectors must have the same width")
         _check_finite("ranker_vectors", ranker_vectors)
         _check_finite("item_vectors", item_vectors)
-        if logged_users.dim() != 1 or logged_users.shape != logged_items.shape:
-            raise ConfigError("logged_users and logged_items must be 1-D of the same length")
-        if logged_items.numel() and not (
-            0 <= int(logged_items.min()) and int(logged_items.max()) < n_items
-        ):
-            raise ConfigError(f"logged_items must lie in [0, {n_items})")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ConfigError(f"k must be a positive integer, got {k!r}")
-        for ks in (precision_ks, recall_ks, ndcg_ks):
-            for value in ks:
-                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                    raise ConfigError(f"metric cut-offs must be positive integers, got {value!r}")
+        _check_logged(logged_users, logged_items, n_items)
+        self._set_ranking(k, precision_ks, recall_ks, ndcg_ks, mean_ap)
 
         self.device = truth_bits.device
         self.users = users
         self.truth_bits = truth_bits.contiguous()
         self.ranker_vectors = ranker_vectors
         self.item_vectors = item_vectors
-        self.k = k
-        self.precision_ks = tuple(precision_ks)
-        self.recall_ks = tuple(recall_ks)
-        self.ndcg_ks = tuple(ndcg_ks)
-        self.mean_ap = mean_ap
         self.n_users, self.n_items, self._n_bytes = m, n_items, n_bytes
 
         # Each evaluated user's distinct logged items, as (m, L) padded with -1.
