@@ -336,6 +336,19 @@ STAGE_FLAGS = {  # argparse dest → (stage, field) for flags that override one 
 }
 
 
+def stage_overrides(args: argparse.Namespace) -> dict:
+    """{stage: {setting: value}} of the stage flags given in `args` (`STAGE_FLAGS`, and
+    `--optimizer` for every trained stage); flags `args` lacks or left unset are skipped."""
+    overrides: dict = {}
+    for dest, (stage, name) in STAGE_FLAGS.items():
+        if getattr(args, dest, None) is not None:
+            overrides.setdefault(stage, {})[name] = getattr(args, dest)
+    if getattr(args, "optimizer", None) is not None:  # one flag, every trained stage
+        for stage in ("simulator", "logging_policy", "ranker", "candidates"):
+            overrides.setdefault(stage, {})["optimizer"] = args.optimizer
+    return overrides
+
+
 def experiment_config(args: argparse.Namespace):
     """The ExperimentConfig of the `reproduce`/`sweep` flags, validated before any work starts."""
     from twostage.data import check_source
@@ -355,12 +368,7 @@ def experiment_config(args: argparse.Namespace):
         overrides["seeds"] = parse_seeds(args.seeds)
     if getattr(args, "methods", None):
         overrides["methods"] = parse_methods(args.methods)
-    for dest, (stage, name) in STAGE_FLAGS.items():
-        if getattr(args, dest, None) is not None:
-            overrides.setdefault(stage, {})[name] = getattr(args, dest)
-    if getattr(args, "optimizer", None) is not None:  # one flag, every trained stage
-        for stage in ("simulator", "logging_policy", "ranker", "candidates"):
-            overrides.setdefault(stage, {})["optimizer"] = args.optimizer
+    overrides.update(stage_overrides(args))
     config = with_overrides(profile_config(args.profile), overrides)
     validate(config)
     resolve_device(config.device)

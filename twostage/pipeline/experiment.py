@@ -37,7 +37,7 @@ from twostage.pipeline.stages import (
     train_ranker,
     train_simulator,
 )
-from twostage.pipeline.training import resolve_device
+from twostage.pipeline.training import load_model, resolve_device
 from twostage.report import config_differences
 from twostage.results import RESULT_COLUMNS
 from twostage.runtime import Runtime
@@ -240,12 +240,45 @@ def make_context(
     config: ExperimentConfig,
     device: torch.device,
 ) -> Context:
-    """The logged positives, the ranker's scores and the evaluator shared by all runs."""
+    """The logged positives, the ranker's scores and the evaluator shared by all runs.
+
+    On the on-demand world the ranker is kept as user and item vectors (its scores are their
+    dot products, taken where needed) and the evaluator is a `CompactEvaluator` of the
+    evaluated users, the first `world.n_val` of them for validation."""
     check_propensities(log.propensities, log.users, log.items)
     positive = log.rewards > 0
     users, items = log.users[positive], log.items[positive]
+    shared = {
+        "catalog": data.catalog,
+        "users": users,
+        "items": items,
+        "propensities": log.propensities[positive],
+        "k": log.k,
+    }
     if isinstance(world, OnDemandWorld):
-        return ondemand_context(data, world, log, ranker, config, device)
+        model = load_model(Ranker, data.catalog, ranker.state, torch.device("cpu"))
+        with torch.no_grad():
+            user_vectors = model.context_vectors(torch.arange(data.n_users), world.mean_timestamps)
+            item_vectors = model.items()
+        evaluator = CompactEvaluator(
+            world.eval_users,
+            world.eval_truth,
+            world.n_items,
+            users,
+            items,
+            user_vectors[world.eval_users],
+            item_vectors,
+            k=config.candidates.eval_k,
+        )
+        return Context(
+            **shared,
+            ranker_scores=None,
+            evaluator=evaluator,
+            val_users=torch.arange(world.n_val),
+            test_users=torch.arange(world.n_val, len(world.eval_users)),
+            ranker_user_vectors=user_vectors,
+            ranker_item_vectors=item_vectors,
+        )
     if config.ranker.oracle:
         scores = torch.logit(world.probabilities_at_mean.double(), eps=1e-12).float()
     else:
@@ -253,59 +286,11 @@ def make_context(
     evaluator = Evaluator(world.truth, users, items, scores, k=config.candidates.eval_k)
     n_val = validation_size(data.n_users)
     return Context(
-        catalog=data.catalog,
-        users=users,
-        items=items,
-        propensities=log.propensities[positive],
+        **shared,
         ranker_scores=scores,
         evaluator=evaluator,
         val_users=torch.arange(n_val),
         test_users=torch.arange(n_val, data.n_users),
-        k=log.k,
-    )
-
-
-def ondemand_context(
-    data: MovieLens,
-    world: OnDemandWorld,
-    log: BanditLog,
-    ranker: TrainedModel,
-    config: ExperimentConfig,
-    device: torch.device,
-) -> Context:
-    """The context of the on-demand world: the ranker as user and item vectors (its scores are
-    their dot products, taken where needed) and a `CompactEvaluator` of the evaluated users."""
-    model = Ranker(data.catalog)
-    model.load_state_dict(ranker.state)
-    model.eval()
-    with torch.no_grad():
-        user_vectors = model.context_vectors(torch.arange(data.n_users), world.mean_timestamps)
-        item_vectors = model.items()
-    positive = log.rewards > 0
-    users, items = log.users[positive], log.items[positive]
-    evaluator = CompactEvaluator(
-        world.eval_users,
-        world.eval_truth,
-        world.n_items,
-        users,
-        items,
-        user_vectors[world.eval_users],
-        item_vectors,
-        k=config.candidates.eval_k,
-    )
-    m = len(world.eval_users)
-    return Context(
-        catalog=data.catalog,
-        users=users,
-        items=items,
-        propensities=log.propensities[positive],
-        ranker_scores=None,
-        evaluator=evaluator,
-        val_users=torch.arange(world.n_val),
-        test_users=torch.arange(world.n_val, m),
-        k=log.k,
-        ranker_user_vectors=user_vectors,
-        ranker_item_vectors=item_vectors,
     )
 
 

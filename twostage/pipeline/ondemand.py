@@ -25,13 +25,16 @@ import torch
 
 from twostage.counter_random import pair_normals, uniforms
 from twostage.data import Catalog, MovieLens
-from twostage.errors import ConfigError
 from twostage.evaluation import pack_truth
 from twostage.models import PAIRS_PER_BLOCK, ImpressionSimulator, Nominator, Ranker
 from twostage.pipeline.artifacts import BanditLog, OnDemandWorld
 from twostage.pipeline.config import PAPER_CUT, BanditConfig, LoggingPolicyConfig, WorldConfig
 from twostage.pipeline.training import auc, load_model, seeded
-from twostage.pipeline.world_rules import is_paper_ml1m, user_timestamp_moments
+from twostage.pipeline.world_rules import (
+    check_policy_pairs,
+    is_paper_ml1m,
+    user_timestamp_moments,
+)
 
 PAIR_BATCH = 65_536  # pairs per forward pass when labelling a list of pairs
 # User × item scores held at once (8 MB of float32). The bandit log took 4.6 ns a pair at 2M
@@ -44,11 +47,25 @@ MAX_REDRAWS = 64  # repeat redraws before the exact masked draw takes over (a pe
 
 
 # ---------------------------------------------------------------- pairs, on demand
+def timestamps_from_moments(
+    time_mean: torch.Tensor,
+    time_std: torch.Tensor,
+    users: torch.Tensor,
+    items: torch.Tensor,
+    n_items: int,
+    seed: int,
+) -> torch.Tensor:
+    """users, items: (n,) long → (n,) float32 impression times, time_mean[u] + time_std[u] · z
+    with z the pair's counter-based normal: the same for a pair whenever asked."""
+    z = pair_normals(users, items, n_items, seed, TIME_STREAM)
+    return (time_mean[users] + time_std[users] * z).float()
+
+
 def pair_timestamps(world: OnDemandWorld, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-    """users, items: (n,) long → (n,) float32 impression times, the same for a pair whenever
-    asked."""
-    z = pair_normals(users, items, world.n_items, world.seed, TIME_STREAM)
-    return (world.time_mean[users] + world.time_std[users] * z).float()
+    """users, items: (n,) long → (n,) float32 impression times of the world's pairs."""
+    return timestamps_from_moments(
+        world.time_mean, world.time_std, users, items, world.n_items, world.seed
+    )
 
 
 @torch.no_grad()
@@ -111,21 +128,23 @@ def probabilities_at(
 
 
 # ---------------------------------------------------------------- 2. the world
-def user_blocks(n_users: int, n_items: int, pairs: int = SCORE_BLOCK_PAIRS) -> int:
+def user_blocks(n_items: int, pairs: int = SCORE_BLOCK_PAIRS) -> int:
     """Users per block so that a block's users × items scores stay near `pairs`."""
     return max(1, pairs // max(n_items, 1))
 
 
 def sampled_cut(
     simulator: ImpressionSimulator,
-    world_parts: dict,
+    time_mean: torch.Tensor,
+    time_std: torch.Tensor,
     data: MovieLens,
     config: WorldConfig,
     device: torch.device,
 ) -> tuple[float, str, float, torch.Tensor]:
     """(cut, rule, positive share among the sampled pairs, their probabilities' histogram
     (`HISTOGRAM_BINS`,)), from `config.cut_sample` random pairs (with replacement,
-    counter-based) at their impression times."""
+    counter-based) at their impression times; time_mean, time_std: (n_users,) the users'
+    timestamp moments."""
     n_users, n_items = data.n_users, data.n_items
     counters = np.arange(config.cut_sample, dtype=np.uint64)
     users = torch.from_numpy(
@@ -134,10 +153,7 @@ def sampled_cut(
     items = torch.from_numpy(
         (uniforms(counters, config.seed, CUT_STREAM + 1) * n_items).astype(np.int64)
     )
-    probe = OnDemandWorld(
-        **world_parts, cut=0.0, cut_rule="", positive_share=0.0, sample_histogram=torch.empty(0)
-    )
-    times = pair_timestamps(probe, users, items)
+    times = timestamps_from_moments(time_mean, time_std, users, items, n_items, config.seed)
     probs = pair_probabilities(simulator, users, items, times, device)
     if config.cut is not None:
         cut, rule = float(config.cut), "given cut"
@@ -166,7 +182,7 @@ def truth_bits(
     users: (m,) long at times: (m,) → (m, ⌈n_items / 8⌉) uint8, a few users at a time."""
     n_items = simulator.n_items
     out = torch.empty(len(users), -(-n_items // 8), dtype=torch.uint8)
-    step = max(1, user_blocks(len(users), n_items, 1 << 22))
+    step = user_blocks(n_items, 1 << 22)
     for start in range(0, len(users), step):
         part = slice(start, start + step)
         out[part] = pack_truth(probabilities_at(simulator, users[part], times[part], device) > cut)
@@ -187,25 +203,26 @@ def build_ondemand_world(
     per block of users)."""
     simulator = load_model(ImpressionSimulator, data.catalog, simulator_state, device)
     mean, std = user_timestamp_moments(data)
+    time_mean, time_std = torch.from_numpy(mean), torch.from_numpy(std)
+    mean_timestamps = time_mean.float()
+    cut, rule, share, histogram = sampled_cut(simulator, time_mean, time_std, data, config, device)
     n_eval = min(config.eval_users, data.n_users)
-    parts = {
-        "n_users": data.n_users,
-        "n_items": data.n_items,
-        "seed": config.seed,
-        "time_mean": torch.from_numpy(mean),
-        "time_std": torch.from_numpy(std),
-        "mean_timestamps": torch.from_numpy(mean).float(),
-        "eval_users": torch.arange(n_eval),
-        "n_val": n_eval // 2,
-        "eval_truth": torch.empty(0, dtype=torch.uint8),
-    }
-    cut, rule, share, histogram = sampled_cut(simulator, parts, data, config, device)
-    users = parts["eval_users"]
-    parts["eval_truth"] = truth_bits(
-        simulator, users, parts["mean_timestamps"][users], cut, device, progress
-    )
+    users = torch.arange(n_eval)
+    truth = truth_bits(simulator, users, mean_timestamps[users], cut, device, progress)
     return OnDemandWorld(
-        **parts, cut=cut, cut_rule=rule, positive_share=share, sample_histogram=histogram
+        n_users=data.n_users,
+        n_items=data.n_items,
+        seed=config.seed,
+        time_mean=time_mean,
+        time_std=time_std,
+        mean_timestamps=mean_timestamps,
+        cut=cut,
+        cut_rule=rule,
+        positive_share=share,
+        eval_users=users,
+        n_val=n_eval // 2,
+        eval_truth=truth,
+        sample_histogram=histogram,
     )
 
 
@@ -220,11 +237,7 @@ def logging_policy_pairs(
     """`n_train + n_val` distinct random pairs (users, items (n,) long) and their labels (n,)
     float; the dense world draws them with a permutation of all pairs, impossible here."""
     n = config.n_train + config.n_val
-    if n > world.n_pairs:
-        raise ConfigError(
-            f"The logging policy needs n_train + n_val = {n} distinct pairs, but the world has "
-            f"only {world.n_pairs:,}; use a larger dataset or smaller sizes."
-        )
+    check_policy_pairs(n, world.n_pairs)
     flat = torch.from_numpy(np.random.default_rng(config.seed).choice(world.n_pairs, n, False))
     users, items = flat // world.n_items, flat % world.n_items
     simulator = load_model(ImpressionSimulator, catalog, simulator_state, device)
@@ -320,7 +333,7 @@ def sample_bandit_log_ondemand(
     users at a time; the propensity is the single-draw softmax probability (the paper's)."""
     policy = load_model(Nominator, catalog, policy_state, device)
     simulator = load_model(ImpressionSimulator, catalog, simulator_state, device)
-    step = user_blocks(world.n_users, world.n_items)
+    step = user_blocks(world.n_items)
     items, propensities = [], []
     with torch.no_grad():
         item_vectors = policy.items()

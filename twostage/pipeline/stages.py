@@ -12,7 +12,6 @@ import torch
 from torch.nn import functional as F
 
 from twostage.data import Catalog, MovieLens
-from twostage.errors import ConfigError
 from twostage.models import ImpressionSimulator, Nominator, Ranker
 from twostage.pipeline.artifacts import BanditLog, OnDemandWorld, TrainedModel, World
 from twostage.pipeline.config import (
@@ -25,7 +24,11 @@ from twostage.pipeline.config import (
 )
 from twostage.pipeline.ondemand import ranker_truth_auc
 from twostage.pipeline.training import auc, batches, cpu_state, fit, load_model, numpy_rng, seeded
-from twostage.pipeline.world_rules import is_paper_ml1m, user_timestamp_moments
+from twostage.pipeline.world_rules import (
+    check_policy_pairs,
+    is_paper_ml1m,
+    user_timestamp_moments,
+)
 from twostage.propensity import logged_inclusion_probabilities
 from twostage.sampling import gumbel_top_k
 
@@ -239,11 +242,7 @@ def logging_policy_pairs(world: World, config: LoggingPolicyConfig) -> tuple[tor
     their labels (n,) float: a seeded permutation of all pairs, as the paper's code."""
     n_items = world.labels.shape[1]
     n_pairs = world.labels.numel()
-    if config.n_train + config.n_val > n_pairs:
-        raise ConfigError(
-            f"The logging policy needs n_train + n_val = {config.n_train + config.n_val} distinct "
-            f"pairs, but the world has only {n_pairs:,}; use a larger dataset or smaller sizes."
-        )
+    check_policy_pairs(config.n_train + config.n_val, n_pairs)
     order = torch.from_numpy(
         numpy_rng(config.seed).permutation(n_pairs)[: config.n_train + config.n_val]
     )

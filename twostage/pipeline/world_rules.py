@@ -1,11 +1,12 @@
-"""What the dense and the on-demand worlds share: the users' timestamp moments, and whether the
-paper's cut applies."""
+"""What the dense and the on-demand worlds share: the users' timestamp moments, whether the
+paper's cut applies, and the room for the logging policy's pairs."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from twostage.data import MovieLens
+from twostage.errors import ConfigError
 
 
 def is_paper_ml1m(data: MovieLens) -> bool:
@@ -31,3 +32,13 @@ def user_timestamp_moments(data: MovieLens) -> tuple[np.ndarray, np.ndarray]:
     # A user without ratings (possible in user-supplied data) gets the file's overall moments.
     mean[counts == 0], std[counts == 0] = stamps.mean(), stamps.std()
     return mean, std
+
+
+def check_policy_pairs(n: int, n_pairs: int) -> None:
+    """Refuse a logging policy that needs more distinct pairs (n_train + n_val = n) than the
+    world's n_pairs."""
+    if n > n_pairs:
+        raise ConfigError(
+            f"The logging policy needs n_train + n_val = {n} distinct pairs, but the world has "
+            f"only {n_pairs:,}; use a larger dataset or smaller sizes."
+        )
