@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -79,3 +82,43 @@ def test_committed_runs_of_this_version_keep_runtime_settings_out_of_their_confi
     assert "threads" not in values and "chunk_users" not in values["world"]
     assert meta["runtime"]["jobs"] == 2 and meta["runtime"]["run_threads"] == 1
     assert config_from_dict(values).simulator.early_stop == "authors"
+
+
+_RETAINED = """
+import ctypes, sys
+import numpy as np
+from twostage.runtime import pin_large_blocks
+
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) * 1024
+
+pinned = pin_large_blocks() if sys.argv[1] == "pin" else False
+big = np.ones(30 << 17)  # 30 MB, mapped; freeing it raises glibc's threshold unless pinned
+del big
+before = rss()
+block = np.ones(8 << 17)  # 8 MB: its own mapping when pinned, else from the heap
+del block
+print(pinned, rss() - before)
+"""
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/status").exists() or platform.libc_ver()[0] != "glibc",
+    reason="glibc's malloc on Linux only",
+)
+def test_pinned_large_blocks_go_back_to_the_system_when_freed():
+    """A freed large temporary is returned with the pin, and stays in the process without it
+    (the heap growth that stalled the million-item bandit log)."""
+
+    def retained(mode: str) -> tuple[str, int]:
+        out = subprocess.run(
+            [sys.executable, "-c", _RETAINED, mode], capture_output=True, text=True, check=True
+        ).stdout.split()
+        return out[0], int(out[1])
+
+    pinned, kept = retained("pin")
+    assert pinned == "True" and kept < 1 << 20
+    unpinned, kept_unpinned = retained("none")
+    assert unpinned == "False" and kept_unpinned > 4 << 20  # the pin is what makes the difference

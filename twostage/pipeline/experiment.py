@@ -40,7 +40,7 @@ from twostage.pipeline.stages import (
 from twostage.pipeline.training import load_model, resolve_device
 from twostage.report import config_differences
 from twostage.results import RESULT_COLUMNS
-from twostage.runtime import Runtime
+from twostage.runtime import Runtime, pin_large_blocks
 
 STAGE_VERSION = 3  # bump when a stage's output changes (2: typed artifacts, 3: state-dict keys)
 # Settings added after artifacts were cached, left out of a stage's key while at their default
@@ -105,6 +105,8 @@ def prepare(
     validate(config)
     runtime = runtime or Runtime()
     runtime.apply()
+    if config.world.mode == "on-demand":
+        pin_large_blocks()  # catalogue-sized temporaries, block after block (see there)
     device = resolve_device(config.device)
     cache = cache or StageCache()
     data = data or load_movielens(config.dataset)

@@ -40,6 +40,11 @@ PAIR_BATCH = 65_536  # pairs per forward pass when labelling a list of pairs
 # User × item scores held at once (8 MB of float32). The bandit log took 4.6 ns a pair at 2M
 # pairs a block, 5.8 at 8M (out of cache) and 12 at 0.2M (Python's share), on one thread.
 SCORE_BLOCK_PAIRS = 1 << 21
+# The bandit log's blocks have at least this many users: each block reads the whole item table
+# once (200 MB at a million items), which cost more than two users' scores (8.8 ms a user in
+# blocks of 2 users at 1M items, 3.4 in blocks of 32, on 2 threads).
+LOG_BLOCK_USERS = 32
+TRUTH_BLOCK_PAIRS = 1 << 22  # pairs of probabilities held at once while packing the truths
 TIME_STREAM, CUT_STREAM, BANDIT_STREAM = 0, 2, 4  # counter_random streams (each uses ≤ 2)
 HISTOGRAM_BINS = 50
 DRAW_CHUNK = 1024  # items per chunk of the bandit log's two-level inverse CDF
@@ -106,19 +111,35 @@ def probabilities_at(
     device: torch.device,
     item_chunk: int | None = None,
 ) -> torch.Tensor:
-    """users: (b,) long; times: (b,) float, one per user → (b, n_items) float32 probabilities.
+    """users: (b,) long; times: (b,) float, one per user → (b, n_items) float32 probabilities
+    (`probabilities_from_parts` of the simulator's `first_layer_parts`)."""
+    user_part, item_part, time_weight = simulator.first_layer_parts(users.to(device))
+    return probabilities_from_parts(simulator, user_part, item_part, time_weight, times, item_chunk)
+
+
+@torch.no_grad()
+def probabilities_from_parts(
+    simulator: ImpressionSimulator,
+    user_part: torch.Tensor,
+    item_part: torch.Tensor,
+    time_weight: torch.Tensor,
+    times: torch.Tensor,
+    item_chunk: int | None = None,
+) -> torch.Tensor:
+    """The simulator's probabilities (b, n_items) float32 from its first layer's parts
+    (user_part (b, h), item_part (n_items, h), time_weight (h,)) at times: (b,) float, one per user.
 
     Items go through the simulator `item_chunk` at a time (default about `PAIRS_PER_BLOCK`
     pairs a torch thread per user), so that one user's activations over a million items (600 MB)
-    are never held at once.
+    are never held at once. A caller scoring many users takes the parts once: the item part is
+    a GEMM over the whole catalogue.
     """
-    user_part, item_part, time_weight = simulator.first_layer_parts(users.to(device))
     n_items = item_part.shape[0]
     chunk = item_chunk or max(1, PAIRS_PER_BLOCK * torch.get_num_threads())
-    times = times.to(device)
+    times = times.to(item_part.device)
     if chunk >= n_items:
         return simulator.probabilities_from_parts(user_part, item_part, time_weight, times).cpu()
-    out = torch.empty(len(users), n_items)
+    out = torch.empty(len(user_part), n_items)
     for start in range(0, n_items, chunk):
         stop = min(start + chunk, n_items)
         out[:, start:stop] = simulator.probabilities_from_parts(
@@ -182,10 +203,15 @@ def truth_bits(
     users: (m,) long at times: (m,) → (m, ⌈n_items / 8⌉) uint8, a few users at a time."""
     n_items = simulator.n_items
     out = torch.empty(len(users), -(-n_items // 8), dtype=torch.uint8)
-    step = user_blocks(n_items, 1 << 22)
+    # The parts once for all users: the item part alone is a GEMM over the whole catalogue.
+    user_part, item_part, time_weight = simulator.first_layer_parts(users.to(device))
+    step = user_blocks(n_items, TRUTH_BLOCK_PAIRS)
     for start in range(0, len(users), step):
         part = slice(start, start + step)
-        out[part] = pack_truth(probabilities_at(simulator, users[part], times[part], device) > cut)
+        probabilities = probabilities_from_parts(
+            simulator, user_part[part], item_part, time_weight, times[part]
+        )
+        out[part] = pack_truth(probabilities > cut)
         if progress is not None:
             progress.update(len(users[part]))
     return out
@@ -333,13 +359,18 @@ def sample_bandit_log_ondemand(
     users at a time; the propensity is the single-draw softmax probability (the paper's)."""
     policy = load_model(Nominator, catalog, policy_state, device)
     simulator = load_model(ImpressionSimulator, catalog, simulator_state, device)
-    step = user_blocks(world.n_items)
+    step = max(LOG_BLOCK_USERS, user_blocks(world.n_items))
     items, propensities = [], []
+    scores = torch.empty(step, world.n_items)  # one buffer for every block (`pin_large_blocks`)
     with torch.no_grad():
         item_vectors = policy.items()
         for start in range(0, world.n_users, step):
             users = torch.arange(start, min(start + step, world.n_users))
-            logits = (policy.user_vectors(users.to(device)) @ item_vectors.T).cpu()
+            logits = scores[: len(users)]
+            if device.type == "cpu":
+                torch.matmul(policy.user_vectors(users), item_vectors.T, out=logits)
+            else:
+                logits.copy_(policy.user_vectors(users.to(device)) @ item_vectors.T)
             # The softmax's weights without its log: exp(logit − max), normalised by the total.
             weights = logits.sub_(logits.max(1, keepdim=True).values).exp_()
             drawn = draw_without_replacement(weights, users, config.k, config.seed)
