@@ -157,9 +157,13 @@ class PoolSampler:
 
 
 def _faiss_index(vectors: np.ndarray, nprobe: int):
-    """An inner-product inverted-file index of vectors (n, d) float32: about 4·√n lists, trained
+    """An inner-product inverted-file index of vectors (n, d) float32: about √n lists, trained
     on up to 64 points a list, `nprobe` of them visited per query; exact (flat) below 10,000
-    items, where scanning everything is as fast."""
+    items, where scanning everything is as fast.
+
+    The index is rebuilt every epoch, so its build counts more than its queries: at a million
+    items (d = 25, 2 threads) 1,000 lists took 2.2 s to build and 0.12 ms a query, 4,000 lists
+    25 s and 0.06 ms; an epoch queries one row per training positive."""
     faiss = require_faiss()
     faiss.omp_set_num_threads(torch.get_num_threads())
     n, d = vectors.shape
@@ -167,7 +171,7 @@ def _faiss_index(vectors: np.ndarray, nprobe: int):
         index = faiss.IndexFlatIP(d)
         index.add(vectors)
         return index
-    n_lists = int(4 * math.sqrt(n))
+    n_lists = int(math.sqrt(n))
     quantizer = faiss.IndexFlatIP(d)
     index = faiss.IndexIVFFlat(quantizer, d, n_lists, faiss.METRIC_INNER_PRODUCT)
     # A fixed training sample, so the same vectors give the same index.
