@@ -54,6 +54,18 @@ def test_no_synthetic_note_for_real_data(tmp_path: Path):
     assert "SYNTHETIC" not in report.format_summary(out)
 
 
+def test_the_reward_users_are_named_by_the_world(tmp_path: Path):
+    """A dense world's reward is over all users; an on-demand world's over its evaluated users."""
+    out = write_out(tmp_path / "dense", fake_results())
+    assert "reward column: all users, the validation users included" in report.format_summary(out)
+    run = json.loads((out / "run.json").read_text())
+    run["world"] = {"mode": "on-demand", "evaluated_users": 4000, "validation_users": 2000}
+    (out / "run.json").write_text(json.dumps(run))
+    text = report.format_summary(out)
+    assert "reward column: the 4,000 evaluated users (on-demand world)" in text
+    assert "all users" not in text
+
+
 def test_one_seed_prints_na_instead_of_crashing(tmp_path: Path):
     out = write_out(tmp_path / "one", fake_results(seeds=[5]))
     table = summary_table(load_results(out))

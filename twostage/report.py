@@ -131,10 +131,15 @@ def format_summary(out_dir: str | Path) -> str:
     if run.get("synthetic"):
         lines += ["**SYNTHETIC data — not MovieLens.**", ""]
     lines += provenance(run)
+    evaluated = run.get("world", {}).get("evaluated_users")
+    if run.get("world", {}).get("mode") == "on-demand" and evaluated:
+        reward_users = f"the {evaluated:,} evaluated users (on-demand world), the validation users"
+    else:
+        reward_users = "all users, the validation users"
     lines += [
         f"Values in %, mean ± standard error over seeds {_seed_note(seeds)} "
         f"({len(seeds)} per method); {SELECTION_RULE}; test users, except the reward column: "
-        "all users, the validation users included.",
+        f"{reward_users} included.",
         "",
     ]
 
