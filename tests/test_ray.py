@@ -149,3 +149,25 @@ def test_bad_backend_settings_are_refused():
         Runtime(address="127.0.0.1:6379")
     with pytest.raises(ConfigError, match="CPU only"):
         check_jobs(Runtime(backend="ray"), torch.device("cuda"))
+
+
+@pytest.mark.parametrize("mode, pinned", [("dense", False), ("on-demand", True)])
+def test_a_ray_task_pins_large_blocks_for_an_on_demand_world(monkeypatch, mode, pinned):
+    """A Ray worker is a process of its own: it pins glibc's large-block threshold itself, as
+    `prepare` does in the driver, when the world is on demand (and only then)."""
+    import dataclasses
+
+    from twostage.pipeline import experiment, ray_backend
+    from twostage.pipeline.config import ExperimentConfig
+
+    calls: list[int] = []
+    monkeypatch.setattr(ray_backend, "pin_large_blocks", lambda: calls.append(1) or True)
+    monkeypatch.setattr(experiment, "train_run", lambda context, config, device, job: "ran")
+    config = ExperimentConfig()
+    config = dataclasses.replace(config, world=dataclasses.replace(config.world, mode=mode))
+    before = torch.get_num_threads()
+    try:
+        assert ray_backend._task(None, config, ("ce", 0, "key"), 1) == "ran"
+    finally:
+        torch.set_num_threads(before)
+    assert bool(calls) == pinned

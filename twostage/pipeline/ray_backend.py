@@ -24,7 +24,7 @@ import torch
 from twostage.errors import ConfigError
 from twostage.pipeline.candidates import Context
 from twostage.pipeline.config import ExperimentConfig
-from twostage.runtime import Runtime
+from twostage.runtime import Runtime, pin_large_blocks
 
 INSTALL = 'pip install -e ".[ray]" (or pip install "ray>=2.9")'
 
@@ -66,6 +66,8 @@ def _task(context: Context, config: ExperimentConfig, job: tuple[str, int, str],
     from twostage.pipeline.experiment import train_run
 
     torch.set_num_threads(threads)
+    if config.world.mode == "on-demand":  # a worker is its own process: pin it as `prepare` does
+        pin_large_blocks()
     return train_run(context, config, torch.device("cpu"), job)
 
 
