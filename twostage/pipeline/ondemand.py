@@ -41,7 +41,7 @@ PAIR_BATCH = 65_536  # pairs per forward pass when labelling a list of pairs
 # pairs a block, 5.8 at 8M (out of cache) and 12 at 0.2M (Python's share), on one thread.
 SCORE_BLOCK_PAIRS = 1 << 21
 # The bandit log's blocks have at least this many users: each block reads the whole item table
-# once (200 MB at a million items), which cost more than two users' scores (8.8 ms a user in
+# once (80 MB at a million items), which cost more than two users' scores (8.8 ms a user in
 # blocks of 2 users at 1M items, 3.4 in blocks of 32, on 2 threads).
 LOG_BLOCK_USERS = 32
 TRUTH_BLOCK_PAIRS = 1 << 22  # pairs of probabilities held at once while packing the truths
