@@ -100,7 +100,10 @@ def test_the_evaluated_users_truth_is_the_probability_at_their_mean_time_cut(par
     unpacked = unpacked.reshape(len(users), -1)[:, : data.n_items].bool()
     assert torch.equal(unpacked[sure], truth[sure])
     # blocks of items give the same truth as one block
-    chunked = ondemand.probabilities_at(simulator, users, world.mean_timestamps[users], CPU, 7)
+    parts = simulator.first_layer_parts(users)
+    chunked = ondemand.item_chunked_probabilities(
+        simulator, *parts, world.mean_timestamps[users], 7
+    )
     torch.testing.assert_close(chunked, dense, atol=1e-6, rtol=0)
     assert torch.equal(pack_truth(chunked > world.cut), world.eval_truth) or not sure.all()
 

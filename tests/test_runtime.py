@@ -85,7 +85,7 @@ def test_committed_runs_of_this_version_keep_runtime_settings_out_of_their_confi
 
 
 _RETAINED = """
-import ctypes, sys
+import sys
 import numpy as np
 from twostage.runtime import pin_large_blocks
 

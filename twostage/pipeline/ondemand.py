@@ -104,21 +104,7 @@ def pair_labels(
 
 
 @torch.no_grad()
-def probabilities_at(
-    simulator: ImpressionSimulator,
-    users: torch.Tensor,
-    times: torch.Tensor,
-    device: torch.device,
-    item_chunk: int | None = None,
-) -> torch.Tensor:
-    """users: (b,) long; times: (b,) float, one per user → (b, n_items) float32 probabilities
-    (`probabilities_from_parts` of the simulator's `first_layer_parts`)."""
-    user_part, item_part, time_weight = simulator.first_layer_parts(users.to(device))
-    return probabilities_from_parts(simulator, user_part, item_part, time_weight, times, item_chunk)
-
-
-@torch.no_grad()
-def probabilities_from_parts(
+def item_chunked_probabilities(
     simulator: ImpressionSimulator,
     user_part: torch.Tensor,
     item_part: torch.Tensor,
@@ -127,7 +113,8 @@ def probabilities_from_parts(
     item_chunk: int | None = None,
 ) -> torch.Tensor:
     """The simulator's probabilities (b, n_items) float32 from its first layer's parts
-    (user_part (b, h), item_part (n_items, h), time_weight (h,)) at times: (b,) float, one per user.
+    (`first_layer_parts`: user_part (b, h), item_part (n_items, h), time_weight (h,)) at times:
+    (b,) float, one per user — `ImpressionSimulator.probabilities_from_parts` by item chunks.
 
     Items go through the simulator `item_chunk` at a time (default about `PAIRS_PER_BLOCK`
     pairs a torch thread per user), so that one user's activations over a million items (600 MB)
@@ -208,7 +195,7 @@ def truth_bits(
     step = user_blocks(n_items, TRUTH_BLOCK_PAIRS)
     for start in range(0, len(users), step):
         part = slice(start, start + step)
-        probabilities = probabilities_from_parts(
+        probabilities = item_chunked_probabilities(
             simulator, user_part[part], item_part, time_weight, times[part]
         )
         out[part] = pack_truth(probabilities > cut)
@@ -310,7 +297,11 @@ def _draw(
 
 
 def draw_without_replacement(
-    weights: torch.Tensor, users: torch.Tensor, k: int, seed: int
+    weights: torch.Tensor,
+    users: torch.Tensor,
+    k: int,
+    seed: int,
+    chunk_cdf: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """k distinct items per row, drawn in sequence without replacement with probabilities
     proportional to the row's weights, in draw order: (b, k) long.
@@ -319,9 +310,11 @@ def draw_without_replacement(
     users: (b,) long, each row's user, which keys its counter-based uniforms. Draw j is from the
     weights; a draw repeating an earlier item of the row is redrawn (so it is from the weights
     restricted to the items not yet drawn: exactly sequential sampling without replacement);
-    after `MAX_REDRAWS` repeats a row draws from its remaining items directly.
+    after `MAX_REDRAWS` repeats a row draws from its remaining items directly. chunk_cdf: the
+    weights' `_chunk_cdf`, when the caller has it already.
     """
-    chunk_cdf = _chunk_cdf(weights)
+    if chunk_cdf is None:
+        chunk_cdf = _chunk_cdf(weights)
     b = len(users)
     items = torch.empty(b, k, dtype=torch.long)
     base = users.numpy().astype(np.uint64) * np.uint64(k)
@@ -373,9 +366,10 @@ def sample_bandit_log_ondemand(
                 logits.copy_(policy.user_vectors(users.to(device)) @ item_vectors.T)
             # The softmax's weights without its log: exp(logit − max), normalised by the total.
             weights = logits.sub_(logits.max(1, keepdim=True).values).exp_()
-            drawn = draw_without_replacement(weights, users, config.k, config.seed)
+            chunk_cdf = _chunk_cdf(weights)  # one pass for the draws and the totals
+            drawn = draw_without_replacement(weights, users, config.k, config.seed, chunk_cdf)
             items.append(drawn)
-            total = _chunk_cdf(weights)[:, -1:]
+            total = chunk_cdf[:, -1:]
             propensities.append((weights.gather(1, drawn) / total).float())
             if progress is not None:
                 progress.update(len(users))
