@@ -129,6 +129,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         help="candidate-generator epochs (a shorter check; default: the profile's)",
     )
+    parser.add_argument(
+        "--slate-sampler",
+        choices=["torch", "fused"],
+        help="2-IPS's candidate sets, as `twostage reproduce --slate-sampler` (default: torch)",
+    )
     scale = parser.add_argument_group("large catalogues (as the `twostage reproduce` flags)")
     scale.add_argument("--world", choices=["dense", "on-demand"])
     scale.add_argument("--eval-users", type=int)

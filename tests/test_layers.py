@@ -29,6 +29,7 @@ LAYERS = {  # a module may import modules of its own layer or a lower one
     "twostage.runtime": 0,
     "twostage.metrics": 0,
     "twostage.sampling": 0,
+    "twostage.fused_slates": 0,
     "twostage.counter_random": 0,
     "twostage.files": 0,
     "twostage.errors": 0,

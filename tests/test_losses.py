@@ -236,7 +236,10 @@ def _exact_moments(logits, actions, propensities, ranker, alpha, temperature, sl
     return mean_value, mean_sq_value - mean_value**2, mean_grad, mean_sq_grad - mean_grad**2
 
 
-def test_two_stage_converges_to_its_exact_expectation() -> None:
+@pytest.mark.parametrize("slate_sampler", ["torch", "fused"])
+def test_two_stage_converges_to_its_exact_expectation(slate_sampler: str) -> None:
+    if slate_sampler == "fused":
+        pytest.importorskip("numba")
     alpha, temperature, slate_size = 0.5, math.e, 2
     logits, actions, propensities, ranker = _problem(3, 5, seed=10, scale=1.5)
     mean_value, var_value, mean_grad, var_grad = _exact_moments(
@@ -261,6 +264,7 @@ def test_two_stage_converges_to_its_exact_expectation() -> None:
                     slate_size=slate_size,
                     temperature=temperature,
                     generator=_gen(100 + seed),
+                    slate_sampler=slate_sampler,
                 )
 
             value, grad = _value_and_grad(monte_carlo, logits)

@@ -12,9 +12,9 @@ from scipy import stats
 from twostage import sampling_kernel
 from twostage.errors import ConfigError, NumericsError
 from twostage.sampling import (
-    _bucket_count,
     _inverse_cdf,
     _normalised_cdf,
+    bucket_count,
     distinct_mask,
     sample_categorical,
     sample_slates,
@@ -113,7 +113,7 @@ def test_inverse_cdf_agrees_with_searchsorted_on_adversarial_cdfs() -> None:
     on_grid = torch.cat([cdf[:, :100], torch.arange(100).expand(6, 100) / 128.0], dim=1)
     u = torch.cat([u, on_grid.clamp(max=1 - 2.0**-53), torch.zeros(6, 1)], dim=1)
     expected = torch.searchsorted(cdf, u, right=True)
-    assert torch.equal(_inverse_cdf(cdf, u * _bucket_count(300)), expected)
+    assert torch.equal(_inverse_cdf(cdf, u * bucket_count(300)), expected)
 
 
 def test_inverse_cdf_reads_a_uniform_rounded_up_to_one_as_just_below_one() -> None:
@@ -123,7 +123,7 @@ def test_inverse_cdf_reads_a_uniform_rounded_up_to_one_as_just_below_one() -> No
         [[0.2, 0.5, 0.3, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0, 0.0]], dtype=torch.float64
     )
     cdf = _normalised_cdf(weights)
-    m = _bucket_count(5)
+    m = bucket_count(5)
     x = torch.tensor([[m, m * (1 - 2.0**-53)], [m, 0.0]], dtype=torch.float64)
     assert _inverse_cdf(cdf, x).tolist() == [[2, 2], [1, 1]]
 

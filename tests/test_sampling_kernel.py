@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from twostage import sampling_kernel
-from twostage.sampling import _bucket_count, _inverse_cdf, _normalised_cdf
+from twostage.sampling import _inverse_cdf, _normalised_cdf, bucket_count
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -30,7 +30,7 @@ def test_the_compiled_lookup_draws_the_items_of_the_torch_code(
     weights[1, 1::3] = 0.0  # ties in the CDF
     weights[2, n_items // 2 + 1 :] = 0.0  # trailing zeros
     cdf = _normalised_cdf(weights)
-    m = _bucket_count(n_items)
+    m = bucket_count(n_items)
     x = torch.rand(5, 5_000, generator=g, dtype=torch.float64) * m
     x[:, :3] = m  # uniforms rounded up to one
     x[:, 3:10] = torch.arange(7, dtype=torch.float64) % m  # exactly on bucket edges

@@ -165,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
         "item) or faiss (an inverted-file index; needs faiss-cpu)",
     )
     run.add_argument(
+        "--slate-sampler",
+        choices=["torch", "fused"],
+        help="how 2-IPS draws its candidate sets: torch (default: torch's generator, batched "
+        "bookkeeping) or fused (the same distribution from a counter hash, summed in one "
+        "compiled pass; CPU with numba; another random stream, so other numbers)",
+    )
+    run.add_argument(
         "--optimizer",
         choices=["adagrad", "lazy-adagrad"],
         help="every trained stage's optimiser: adagrad (default, the paper's: every parameter "
@@ -333,6 +340,7 @@ STAGE_FLAGS = {  # argparse dest → (stage, field) for flags that override one 
     "negatives": ("candidates", "n_negatives"),
     "proposal": ("candidates", "proposal"),
     "head_index": ("candidates", "head_index"),
+    "slate_sampler": ("candidates", "slate_sampler"),
 }
 
 

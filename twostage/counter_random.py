@@ -12,17 +12,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
-_TO_UNIT = 2.0**-53  # 53 random bits → a double in [0, 1)
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+MIX1, MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+TO_UNIT = 2.0**-53  # 53 random bits → a double in [0, 1)
 
 
 def splitmix64(x: np.ndarray) -> np.ndarray:
     """SplitMix64's output function of uint64 counters: (n,) uint64 → (n,) uint64."""
     with np.errstate(over="ignore"):  # uint64 arithmetic wraps modulo 2^64, as intended
-        z = x + _GOLDEN
-        z = (z ^ (z >> np.uint64(30))) * _MIX1
-        z = (z ^ (z >> np.uint64(27))) * _MIX2
+        z = x + GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * MIX1
+        z = (z ^ (z >> np.uint64(27))) * MIX2
         return z ^ (z >> np.uint64(31))
 
 
@@ -39,7 +39,7 @@ def uniforms(counters: np.ndarray, seed: int, stream: int) -> np.ndarray:
     if not 0 <= stream < 256:
         raise ValueError(f"stream must lie in [0, 256), got {stream}")
     bits = splitmix64(np.asarray(counters, dtype=np.uint64) ^ _key(seed, stream))
-    return (bits >> np.uint64(11)).astype(np.float64) * _TO_UNIT
+    return (bits >> np.uint64(11)).astype(np.float64) * TO_UNIT
 
 
 def pair_normals(

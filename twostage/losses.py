@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from twostage.errors import ConfigError, NumericsError
 from twostage.sampling import sample_slates
 
+SLATE_SAMPLERS = ("torch", "fused")  # how 2-IPS draws its sets (`two_stage_ips_loss`)
+
 __all__ = ["cross_entropy_loss", "ips_loss", "ips_weights", "slate_policy", "two_stage_ips_loss"]
 
 
@@ -273,6 +275,7 @@ def two_stage_ips_loss(
     generator: torch.Generator | None = None,
     slates: torch.Tensor | None = None,
     log_mass: torch.Tensor | None = None,
+    slate_sampler: str = "torch",
 ) -> torch.Tensor:
     """Two-stage IPS loss (2-IPS), a Monte Carlo estimate over sampled candidate sets.
 
@@ -299,6 +302,10 @@ def two_stage_ips_loss(
         log_mass: (batch, P) or None — logits, ranker_logits, actions and slates are over a
             pool's columns (module docstring); slates are drawn from the tempered pool and
             log π is the sampled estimate. A tail column is one representative item.
+        slate_sampler: "torch" (default) draws the sets from `generator`'s stream
+            (`twostage.sampling.sample_slates`); "fused" draws the same distribution from a
+            counter hash keyed by one draw of `generator` and accumulates q in the same
+            compiled pass (`twostage.fused_slates`: CPU and numba only; another random stream).
 
     Returns:
         () scalar loss.
@@ -319,6 +326,25 @@ def two_stage_ips_loss(
     log_pi = _pool_log_pi(logits, log_mass)
     log_pi_a = log_pi.gather(1, actions.view(-1, 1)).squeeze(1)
     weights = _weights_from_pi_a(log_pi_a.detach().exp(), propensities, cap, floor)
+
+    if slate_sampler not in SLATE_SAMPLERS:
+        raise ConfigError(
+            f"slate_sampler must be one of {', '.join(SLATE_SAMPLERS)}, got {slate_sampler!r}"
+        )
+    if slate_sampler == "fused" and slates is None:
+        coef = _fused_coefficients(
+            logits,
+            actions,
+            ranker_logits,
+            weights,
+            alpha,
+            n_slates,
+            slate_size,
+            temperature,
+            generator,
+            log_mass,
+        )
+        return -(coef * log_pi).sum()
 
     with torch.no_grad():
         if slates is None:
@@ -354,3 +380,47 @@ def two_stage_ips_loss(
         # The logged item counts in the first term only.
         coef.scatter_(1, logged, q_a.mean(dim=1, keepdim=True) * scale)
     return -(coef * log_pi).sum()
+
+
+@torch.no_grad()
+def _fused_coefficients(
+    logits: torch.Tensor,
+    actions: torch.Tensor,
+    ranker_logits: torch.Tensor,
+    weights: torch.Tensor,
+    alpha: float,
+    n_slates: int,
+    slate_size: int,
+    temperature: float,
+    generator: torch.Generator | None,
+    log_mass: torch.Tensor | None,
+) -> torch.Tensor:
+    """(batch, n_items) coefficients of log π in 2-IPS, as `two_stage_ips_loss` builds them,
+    from sets drawn and summed in one compiled pass (`twostage.fused_slates`)."""
+    from twostage import fused_slates
+
+    if not fused_slates.available(logits.device):
+        raise ConfigError(
+            "slate_sampler 'fused' needs the CPU and numba (and TWOSTAGE_NUMBA not 0); "
+            "use slate_sampler 'torch'"
+        )
+    for name, value in (("n_slates", n_slates), ("slate_size", slate_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be an integer ≥ 1, got {value!r}")
+    batch = logits.size(0)
+    logged = actions.view(-1, 1)
+    ranker = ranker_logits.detach().to(logits.dtype)
+    odds = ranker.sub(ranker.gather(1, logged)).exp_().scatter_(1, logged, 0.0)
+    coef = fused_slates.slate_coefficients(
+        slate_policy(logits.detach(), temperature, log_mass),
+        odds,
+        actions,
+        weights.double() / (batch * n_slates),
+        fused_slates.step_key(generator),
+        n_slates,
+        slate_size,
+    ).to(logits.dtype)
+    # The kernel gives w_i / (batch · K) · Σ_k q at the logged item (the first term) and the
+    # same sums over the other items, which the second term weighs by α.
+    logged_coef = coef.gather(1, logged)
+    return coef.mul_(alpha).scatter_(1, logged, logged_coef)

@@ -55,6 +55,7 @@ class Settings(Protocol):
     n_slates: int
     slate_size: int
     temperature: float
+    slate_sampler: str
 
 
 Loss = Callable[[Batch, Settings, "torch.Generator"], "torch.Tensor"]
@@ -137,6 +138,7 @@ def _two_stage_ips(batch: Batch, settings: Settings, generator: torch.Generator)
         floor=settings.floor,
         generator=generator,
         log_mass=batch.log_mass,
+        slate_sampler=settings.slate_sampler,
     )
 
 
@@ -161,7 +163,7 @@ register(
         "2s",
         "2-IPS",
         _two_stage_ips,
-        ("alpha", "n_slates", "slate_size", "temperature", *CLIPPING),
+        ("alpha", "n_slates", "slate_size", "temperature", "slate_sampler", *CLIPPING),
         needs_ranker=True,
         paper=True,
         sampled=True,

@@ -18,7 +18,7 @@ import torch
 from twostage import sampling_kernel
 from twostage.errors import ConfigError, NumericsError
 
-__all__ = ["distinct_mask", "sample_categorical", "sample_slates"]
+__all__ = ["bucket_count", "distinct_mask", "sample_categorical", "sample_slates"]
 
 
 def _check_count(name: str, value: object, minimum: int) -> None:
@@ -49,7 +49,7 @@ def _normalised_cdf(probs: torch.Tensor) -> torch.Tensor:
     return cdf / total
 
 
-def _bucket_count(n_items: int) -> int:
+def bucket_count(n_items: int) -> int:
     """Guide-table buckets for `n_items` items: the least power of two ≥ n_items (so `u * m` is
     exact). One bucket per item keeps the tables as small as the CDF; larger tables settle a few
     more draws without a search but cost more to build than the search they save."""
@@ -57,7 +57,7 @@ def _bucket_count(n_items: int) -> int:
 
 
 def _inverse_cdf(cdf: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """First index j with cdf[j] · m > x, per row, where m = `_bucket_count(n_items)`.
+    """First index j with cdf[j] · m > x, per row, where m = `bucket_count(n_items)`.
 
     Args:
         cdf: (batch, n_items) float64, non-decreasing, last entry exactly 1.
@@ -69,7 +69,7 @@ def _inverse_cdf(cdf: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """
     batch, n_items = cdf.shape
     n_draws = x.size(1)
-    m = _bucket_count(n_items)
+    m = bucket_count(n_items)
     device = cdf.device
     edges = cdf * m  # exact: m is a power of two
     if sampling_kernel.available(device):  # the same items from one compiled loop
@@ -141,7 +141,7 @@ def sample_categorical(
     x = torch.rand(
         (probs.size(0), n_samples), generator=generator, dtype=torch.float64, device=probs.device
     )
-    return _inverse_cdf(cdf, x.mul_(_bucket_count(probs.size(1))))
+    return _inverse_cdf(cdf, x.mul_(bucket_count(probs.size(1))))
 
 
 def sample_slates(
@@ -166,7 +166,7 @@ def sample_slates(
     _check_count("slate_size", slate_size, 1)
     cdf = _normalised_cdf(probs)
     batch, n_items = probs.shape
-    m = _bucket_count(n_items)
+    m = bucket_count(n_items)
     # Sorted uniforms without a sort (Rényi): with E_1 … E_{L+1} i.i.d. exponential and
     # S_k = E_1 + … + E_k, (S_1, …, S_L) / S_{L+1} are the L order statistics of L uniforms.
     # 1 − V lies in (0, 1], so every log is finite.

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from twostage.errors import ConfigError
-from twostage.objectives import OBJECTIVES, paper_methods
+from twostage.objectives import OBJECTIVES, paper_methods, reading
 
 PAPER_CUT = 0.764506  # the paper's probability cut on ML-1M
 PROPENSITIES = ("single", "inclusion")
@@ -23,6 +23,7 @@ OPTIMIZERS = ("adagrad", "lazy-adagrad")
 SOFTMAXES = ("full", "sampled")
 PROPOSALS = ("uniform", "popularity")
 HEAD_INDEXES = ("exact", "faiss")
+SLATE_SAMPLERS = ("torch", "fused")  # `twostage.losses.SLATE_SAMPLERS`, without importing torch
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,11 @@ class CandidateConfig:
     n_slates: int = 100
     slate_size: int = 30
     temperature: float = math.e
+    # How 2-IPS draws its candidate sets. "torch" (the default): from torch's generator, then
+    # batched bookkeeping. "fused": the same distribution from a counter hash, the sets' q
+    # accumulated in the same compiled pass (`twostage.fused_slates`; CPU and numba; another
+    # random stream, so other numbers than the default's, as another seed would give).
+    slate_sampler: str = "torch"
     eval_k: int = 30
     select_metric: str = "Precision@10"
     shuffle: bool = False
@@ -295,6 +301,26 @@ def _check_finite(config: ExperimentConfig) -> None:
                 raise ConfigError(f"{name} must be a finite number, got {value}.", name)
 
 
+def _check_fused_sampler(config: ExperimentConfig) -> None:
+    """The fused slate sampler runs on the CPU with numba: refuse it elsewhere, before any work."""
+    from twostage import fused_slates
+    from twostage.pipeline.training import resolve_device
+
+    where = "candidates.slate_sampler"
+    if resolve_device(config.device).type != "cpu":
+        raise ConfigError(
+            f"{where} 'fused' runs on the CPU only, and this run's device is "
+            f"{resolve_device(config.device)}: use device cpu or slate_sampler torch.",
+            where,
+        )
+    if not fused_slates.available(resolve_device(config.device)):
+        raise ConfigError(
+            f"{where} 'fused' needs numba (pip install numba) and TWOSTAGE_NUMBA not set to 0; "
+            "or use slate_sampler torch.",
+            where,
+        )
+
+
 def validate(config: ExperimentConfig) -> None:
     """Refuse settings that cannot work, before any work starts."""
     _check_finite(config)
@@ -315,6 +341,7 @@ def validate(config: ExperimentConfig) -> None:
         ("softmax", SOFTMAXES),
         ("proposal", PROPOSALS),
         ("head_index", HEAD_INDEXES),
+        ("slate_sampler", SLATE_SAMPLERS),
     ):
         if getattr(c, name) not in allowed:
             raise ConfigError(
@@ -328,6 +355,8 @@ def validate(config: ExperimentConfig) -> None:
                 f"got {getattr(c, name)}.",
                 f"candidates.{name}",
             )
+    if c.slate_sampler == "fused" and set(config.methods) & set(reading("slate_sampler")):
+        _check_fused_sampler(config)
     if c.softmax == "sampled":
         from twostage import objectives
 

@@ -58,6 +58,7 @@ KEYED_WHEN_SET = {
     "head_index": "exact",
     "nprobe": 16,
     "optimizer": "adagrad",
+    "slate_sampler": "torch",
 }
 
 
