@@ -258,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         "world": meta["config"]["world"]["mode"],
         "softmax": meta["config"]["candidates"]["softmax"],
         "optimizer": meta["config"]["candidates"]["optimizer"],
+        "slate_sampler": meta["config"]["candidates"]["slate_sampler"],
         "world_info": meta["world"],
         "stage_seconds": {s: stage_seconds[s] for s in STAGES},
         "run_seconds": run_seconds,

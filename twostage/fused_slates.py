@@ -73,8 +73,11 @@ def _row_table(probs, odds, row, m, table, guide):
         return False
     for g in range(m + 1):
         guide[g] = 0
+    to_edge = m / total  # a product is monotone, so equal sums keep equal edges
     for j in range(n):
-        edge = (table[j, 0] / total) * m  # x / x == 1: the last edge is exactly m
+        # The last item of positive weight, and the zero-weight items after it, end exactly at m
+        # (a product may round either side of it).
+        edge = m if table[j, 0] == total else min(table[j, 0] * to_edge, m)
         table[j, 0] = edge
         table[j, 1] = odds[row, j]
         guide[int(math.ceil(edge))] += 1  # edge ≤ g ⟺ ceil(edge) ≤ g for an integer g
