@@ -1,6 +1,7 @@
 """Time the batched 2-IPS loss against a per-row loop that mirrors the original `loss_2s`.
 
-One step is forward + backward at batch 128 × 3,883 items (MovieLens-1M), 100 slates of 30:
+One step is forward + backward at batch 128 × 3,883 items (MovieLens-1M), 100 slates of 30; with
+numba, also the batched loss with the fused slate sampler (`--slate-sampler fused`):
 
     python benchmarks/bench_losses.py [--out benchmarks/results/losses.json]
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from twostage import fused_slates
 from twostage.losses import two_stage_ips_loss
 
 BATCH, N_ITEMS, N_SLATES, SLATE_SIZE = 128, 3883, 100, 30
@@ -71,6 +73,7 @@ def batched_loss(
     actions: torch.Tensor,
     propensities: torch.Tensor,
     ranker_logits: torch.Tensor,
+    slate_sampler: str = "torch",
 ) -> torch.Tensor:
     return two_stage_ips_loss(
         logits,
@@ -82,7 +85,13 @@ def batched_loss(
         slate_size=SLATE_SIZE,
         cap=CAP,
         floor=FLOOR,
+        slate_sampler=slate_sampler,
     )
+
+
+def fused_loss(*tensors: torch.Tensor) -> torch.Tensor:
+    """The batched loss with `--slate-sampler fused` (`twostage.fused_slates`)."""
+    return batched_loss(*tensors, slate_sampler="fused")
 
 
 def time_steps(step: Callable[[], None], warmup: int, repeats: int) -> list[float]:
@@ -114,13 +123,16 @@ def main() -> None:
     propensities = torch.rand(BATCH) * 0.01 + 1e-4
 
     results = {}
-    for name, loss_fn in (("batched", batched_loss), ("per_row", per_row_loss)):
+    variants = [("batched", batched_loss), ("per_row", per_row_loss)]
+    if fused_slates.available(torch.device("cpu")):
+        variants.append(("fused", fused_loss))
+    for name, loss_fn in variants:
 
         def step(loss_fn=loss_fn) -> None:
             logits.grad = None
             loss_fn(logits, actions, propensities, ranker_logits).backward()
 
-        repeats = args.repeats if name == "batched" else max(args.repeats // 4, 3)
+        repeats = max(args.repeats // 4, 3) if name == "per_row" else args.repeats
         times = time_steps(step, args.warmup, repeats)
         results[name] = {
             "median_ms": statistics.median(times),

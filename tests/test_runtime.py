@@ -122,3 +122,15 @@ def test_pinned_large_blocks_go_back_to_the_system_when_freed():
     assert pinned == "True" and kept < 1 << 20
     unpinned, kept_unpinned = retained("none")
     assert unpinned == "False" and kept_unpinned > 4 << 20  # the pin is what makes the difference
+
+
+def _loop_threads() -> int:
+    return runtime.compiled_loop_threads()
+
+
+def test_compiled_loops_run_serially_in_a_forked_process() -> None:
+    import multiprocessing
+
+    assert runtime.compiled_loop_threads() == torch.get_num_threads()
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.apply(_loop_threads) == 1

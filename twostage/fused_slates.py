@@ -33,7 +33,7 @@ import os
 import numpy as np
 import torch
 
-from twostage import sampling_kernel
+from twostage import runtime, sampling_kernel
 from twostage.counter_random import GOLDEN, MIX1, MIX2, TO_UNIT
 from twostage.errors import NumericsError
 from twostage.sampling import bucket_count
@@ -104,53 +104,85 @@ def _draw(table, guide, key, counter, m):
     return k
 
 
-@_jit(parallel=True)
-def _coefficients(probs, odds, actions, row_scale, key, n_slates, slate_size, m, coef, bad):
-    batch, n = probs.shape
-    for row in _prange(batch):
-        table = np.empty((n, 2), np.float64)
-        guide = np.empty(m + 1, np.int32)
-        if not _row_table(probs, odds, row, m, table, guide):
-            bad[row] = True
-            continue
-        sums = np.zeros(n, np.float64)
-        stamp = np.full(n, -1, np.int32)
-        members = np.empty(slate_size, np.int64)
-        first = np.uint64(row) * np.uint64(n_slates * slate_size)
-        q_total = 0.0
-        for k in range(n_slates):
-            distinct, odds_sum = 0, 0.0
-            for position in range(slate_size):
-                j = _draw(table, guide, key, first + np.uint64(k * slate_size + position), m)
-                if stamp[j] != k:
-                    stamp[j] = k
-                    members[distinct] = j
-                    distinct += 1
-                    odds_sum += table[j, 1]
-            q = 1.0 / (1.0 + odds_sum)
-            q_total += q
-            for t in range(distinct):
-                sums[members[t]] += q
-        scale = row_scale[row]
-        for j in range(n):
-            coef[row, j] = sums[j] * scale
-        coef[row, actions[row]] = q_total * scale
+@_jit()
+def _row_coefficients(
+    probs, odds, actions, row_scale, key, n_slates, slate_size, m, coef, bad, row
+):
+    n = probs.shape[1]
+    table = np.empty((n, 2), np.float64)
+    guide = np.empty(m + 1, np.int32)
+    if not _row_table(probs, odds, row, m, table, guide):
+        bad[row] = True
+        return
+    sums = np.zeros(n, np.float64)
+    stamp = np.full(n, -1, np.int32)
+    members = np.empty(slate_size, np.int64)
+    first = np.uint64(row) * np.uint64(n_slates * slate_size)
+    q_total = 0.0
+    for k in range(n_slates):
+        distinct, odds_sum = 0, 0.0
+        for position in range(slate_size):
+            j = _draw(table, guide, key, first + np.uint64(k * slate_size + position), m)
+            if stamp[j] != k:
+                stamp[j] = k
+                members[distinct] = j
+                distinct += 1
+                odds_sum += table[j, 1]
+        q = 1.0 / (1.0 + odds_sum)
+        q_total += q
+        for t in range(distinct):
+            sums[members[t]] += q
+    scale = row_scale[row]
+    for j in range(n):
+        coef[row, j] = sums[j] * scale
+    coef[row, actions[row]] = q_total * scale
+
+
+@_jit()
+def _row_draws(probs, key, n_slates, slate_size, m, out, bad, row):
+    n = probs.shape[1]
+    table = np.empty((n, 2), np.float64)
+    guide = np.empty(m + 1, np.int32)
+    if not _row_table(probs, probs, row, m, table, guide):
+        bad[row] = True
+        return
+    first = np.uint64(row) * np.uint64(n_slates * slate_size)
+    for k in range(n_slates):
+        for position in range(slate_size):
+            counter = first + np.uint64(k * slate_size + position)
+            out[row, k, position] = _draw(table, guide, key, counter, m)
+
+
+# Each kernel twice: rows in parallel, and one after another (one thread, or a forked process:
+# `twostage.runtime.compiled_loop_threads`). Rows are independent, so both give the same numbers.
+@_jit()
+def _coefficients_serial(probs, odds, actions, row_scale, key, n_slates, slate_size, m, coef, bad):
+    for row in range(probs.shape[0]):
+        _row_coefficients(
+            probs, odds, actions, row_scale, key, n_slates, slate_size, m, coef, bad, row
+        )
 
 
 @_jit(parallel=True)
-def _draws(probs, key, n_slates, slate_size, m, out, bad):
-    batch, n = probs.shape
-    for row in _prange(batch):
-        table = np.empty((n, 2), np.float64)
-        guide = np.empty(m + 1, np.int32)
-        if not _row_table(probs, probs, row, m, table, guide):
-            bad[row] = True
-            continue
-        first = np.uint64(row) * np.uint64(n_slates * slate_size)
-        for k in range(n_slates):
-            for position in range(slate_size):
-                counter = first + np.uint64(k * slate_size + position)
-                out[row, k, position] = _draw(table, guide, key, counter, m)
+def _coefficients_parallel(
+    probs, odds, actions, row_scale, key, n_slates, slate_size, m, coef, bad
+):
+    for row in _prange(probs.shape[0]):
+        _row_coefficients(
+            probs, odds, actions, row_scale, key, n_slates, slate_size, m, coef, bad, row
+        )
+
+
+@_jit()
+def _draws_serial(probs, key, n_slates, slate_size, m, out, bad):
+    for row in range(probs.shape[0]):
+        _row_draws(probs, key, n_slates, slate_size, m, out, bad, row)
+
+
+@_jit(parallel=True)
+def _draws_parallel(probs, key, n_slates, slate_size, m, out, bad):
+    for row in _prange(probs.shape[0]):
+        _row_draws(probs, key, n_slates, slate_size, m, out, bad, row)
 
 
 def available(device: torch.device) -> bool:
@@ -168,9 +200,13 @@ def step_key(generator: torch.Generator | None) -> np.uint64:
     return np.uint64(int(value))
 
 
-def _run(kernel, *args) -> None:
-    numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    kernel(*args)
+def _run(serial, parallel, *args) -> None:
+    threads = min(runtime.compiled_loop_threads(), numba.config.NUMBA_NUM_THREADS)
+    if threads > 1:
+        numba.set_num_threads(threads)
+        parallel(*args)
+    else:
+        serial(*args)
 
 
 def _check_rows(bad: torch.Tensor) -> None:
@@ -189,6 +225,7 @@ def slate_coefficients(
     key: np.uint64,
     n_slates: int,
     slate_size: int,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Draw every row's `n_slates` sets and give 2-IPS's coefficient of each item's log π.
 
@@ -202,15 +239,16 @@ def slate_coefficients(
         key: the step's key (`step_key`); the same key gives the same sets.
 
     Returns:
-        (batch, n) float32 — row_scale · Σ_k q(a|S_k) over the sets S_k holding item j (j ≠ a),
+        (batch, n) `dtype` — row_scale · Σ_k q(a|S_k) over the sets S_k holding item j (j ≠ a),
         and row_scale · Σ_k q(a|S_k) at a. The caller divides by n_slates (and weighs the
         items other than a by α).
     """
     batch, n = probs.shape
-    coef = torch.empty(batch, n, dtype=torch.float32)
+    coef = torch.empty(batch, n, dtype=dtype)
     bad = torch.zeros(batch, dtype=torch.bool)
     _run(
-        _coefficients,
+        _coefficients_serial,
+        _coefficients_parallel,
         probs.contiguous().numpy(),
         odds.contiguous().numpy(),
         actions.contiguous().numpy(),
@@ -234,7 +272,8 @@ def slate_draws(
     out = torch.empty(probs.shape[0], n_slates, slate_size, dtype=torch.long)
     bad = torch.zeros(probs.shape[0], dtype=torch.bool)
     _run(
-        _draws,
+        _draws_serial,
+        _draws_parallel,
         probs.contiguous().numpy(),
         key,
         n_slates,

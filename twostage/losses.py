@@ -419,7 +419,8 @@ def _fused_coefficients(
         fused_slates.step_key(generator),
         n_slates,
         slate_size,
-    ).to(logits.dtype)
+        dtype=logits.dtype,
+    )
     # The kernel gives w_i / (batch · K) · Σ_k q at the logged item (the first term) and the
     # same sums over the other items, which the second term weighs by α.
     logged_coef = coef.gather(1, logged)

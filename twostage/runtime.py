@@ -125,6 +125,25 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+_forked = False  # set in a child process forked after this module was imported
+
+
+def _mark_forked() -> None:
+    global _forked
+    _forked = True
+
+
+os.register_at_fork(after_in_child=_mark_forked)
+
+
+def compiled_loop_threads() -> int:
+    """Threads for a compiled parallel loop (numba): torch's thread count, but one in a process
+    forked from another (the `--jobs` workers). numba's usual threading layer, GNU OpenMP, hangs
+    in a child forked after the parent used it, so a forked process runs such loops serially;
+    torch itself does the same with its own OpenMP pool."""
+    return 1 if _forked else torch.get_num_threads()
+
+
 def pin_large_blocks(threshold: int = LARGE_BLOCK) -> bool:
     """Make glibc's malloc give every block of `threshold` bytes or more its own mapping,
     returned to the system when freed; True where that was set (glibc), False elsewhere.

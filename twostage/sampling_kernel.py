@@ -23,6 +23,8 @@ import os
 import numpy as np
 import torch
 
+from twostage import runtime
+
 ENV = "TWOSTAGE_NUMBA"  # "0" turns the compiled kernel off
 
 
@@ -85,7 +87,7 @@ def inverse_cdf(edges: torch.Tensor, x: torch.Tensor, m: int) -> torch.Tensor:
     numba, serial, parallel = _kernels()
     out = torch.empty(x.shape, dtype=torch.long)
     args = (edges.contiguous().numpy(), x.contiguous().numpy(), out.numpy(), m)
-    threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+    threads = min(runtime.compiled_loop_threads(), numba.config.NUMBA_NUM_THREADS)
     if threads > 1 and edges.shape[0] > 1:
         numba.set_num_threads(threads)
         parallel(*args)
