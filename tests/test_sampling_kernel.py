@@ -44,3 +44,32 @@ def test_the_compiled_lookup_draws_the_items_of_the_torch_code(
         assert torch.equal(compiled, _inverse_cdf(cdf, x))
     finally:
         torch.set_num_threads(threads)
+
+
+def test_the_compiled_kernels_reuse_their_disk_cache_across_processes(tmp_path) -> None:
+    # Each process must load the kernels from the cache, not add entries to it (as closures,
+    # the row loops added two files per process).
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("numba")
+    script = (
+        "import torch\n"
+        "from twostage import sampling_kernel as k\n"
+        "e = torch.linspace(0, 64, 50, dtype=torch.float64).repeat(2, 1)\n"
+        "e[:, -1] = 64\n"
+        "x = torch.rand(2, 8, dtype=torch.float64) * 64\n"
+        "for threads in (2, 1):\n"
+        "    torch.set_num_threads(threads)\n"
+        "    k.inverse_cdf(e, x, 64)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "PYTHONPATH": str(root)}
+    counts = []
+    for _ in range(2):
+        subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=300)
+        counts.append(sum(1 for path in tmp_path.rglob("*") if path.is_file()))
+    assert counts[0] > 0
+    assert counts[1] == counts[0]

@@ -53,25 +53,35 @@ def _lookup(edges: np.ndarray, x: np.ndarray, out: np.ndarray, row: int, m: int)
         o[d] = k
 
 
+# Bound by `_kernels` when numba is first needed: the row loops below read them as globals, which
+# numba freezes when it compiles. (As closures, the loops got a new on-disk cache entry in every
+# process, about 60 kB each.)
+_lookup_compiled = None
+_prange = range
+
+
+def _rows(edges, x, out, m):
+    for row in range(edges.shape[0]):
+        _lookup_compiled(edges, x, out, row, m)
+
+
+def _rows_parallel(edges, x, out, m):
+    for row in _prange(edges.shape[0]):
+        _lookup_compiled(edges, x, out, row, m)
+
+
 @functools.cache
 def _kernels():
-    """(serial, parallel) compiled kernels, or None without numba."""
+    """(numba, serial, parallel) compiled kernels, or None without numba."""
+    global _lookup_compiled, _prange
     try:
         import numba
     except ImportError:
         return None
-    lookup = numba.njit(cache=True, nogil=True)(_lookup)
-
-    def rows(edges, x, out, m):
-        for row in range(edges.shape[0]):
-            lookup(edges, x, out, row, m)
-
-    def rows_parallel(edges, x, out, m):
-        for row in numba.prange(edges.shape[0]):
-            lookup(edges, x, out, row, m)
-
-    serial = numba.njit(cache=True, nogil=True)(rows)
-    parallel = numba.njit(cache=True, nogil=True, parallel=True)(rows_parallel)
+    _lookup_compiled = numba.njit(cache=True, nogil=True)(_lookup)
+    _prange = numba.prange
+    serial = numba.njit(cache=True, nogil=True)(_rows)
+    parallel = numba.njit(cache=True, nogil=True, parallel=True)(_rows_parallel)
     return numba, serial, parallel
 
 
