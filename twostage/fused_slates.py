@@ -33,10 +33,10 @@ import os
 import numpy as np
 import torch
 
-from twostage import runtime, sampling_kernel
+from twostage import sampling_kernel
 from twostage.counter_random import GOLDEN, MIX1, MIX2, TO_UNIT
 from twostage.errors import NumericsError
-from twostage.sampling import bucket_count
+from twostage.sampling import bucket_count, check_count
 
 try:
     import numba
@@ -105,14 +105,24 @@ def _draw(table, guide, key, counter, m):
 
 
 @_jit()
+def _prepared_row(probs, odds, row, m, bad):
+    """The row's (table, guide) of `_row_table`, and whether it can be drawn from (if not,
+    bad[row] is set)."""
+    table = np.empty((probs.shape[1], 2), np.float64)
+    guide = np.empty(m + 1, np.int32)
+    ok = _row_table(probs, odds, row, m, table, guide)
+    if not ok:
+        bad[row] = True
+    return table, guide, ok
+
+
+@_jit()
 def _row_coefficients(
     probs, odds, actions, row_scale, key, n_slates, slate_size, m, coef, bad, row
 ):
     n = probs.shape[1]
-    table = np.empty((n, 2), np.float64)
-    guide = np.empty(m + 1, np.int32)
-    if not _row_table(probs, odds, row, m, table, guide):
-        bad[row] = True
+    table, guide, ok = _prepared_row(probs, odds, row, m, bad)
+    if not ok:
         return
     sums = np.zeros(n, np.float64)
     stamp = np.full(n, -1, np.int32)
@@ -140,11 +150,8 @@ def _row_coefficients(
 
 @_jit()
 def _row_draws(probs, key, n_slates, slate_size, m, out, bad, row):
-    n = probs.shape[1]
-    table = np.empty((n, 2), np.float64)
-    guide = np.empty(m + 1, np.int32)
-    if not _row_table(probs, probs, row, m, table, guide):
-        bad[row] = True
+    table, guide, ok = _prepared_row(probs, probs, row, m, bad)
+    if not ok:
         return
     first = np.uint64(row) * np.uint64(n_slates * slate_size)
     for k in range(n_slates):
@@ -153,8 +160,7 @@ def _row_draws(probs, key, n_slates, slate_size, m, out, bad, row):
             out[row, k, position] = _draw(table, guide, key, counter, m)
 
 
-# Each kernel twice: rows in parallel, and one after another (one thread, or a forked process:
-# `twostage.runtime.compiled_loop_threads`). Rows are independent, so both give the same numbers.
+# Each kernel twice: rows in parallel, and one after another (`sampling_kernel.run_rows` picks).
 @_jit()
 def _coefficients_serial(probs, odds, actions, row_scale, key, n_slates, slate_size, m, coef, bad):
     for row in range(probs.shape[0]):
@@ -200,15 +206,6 @@ def step_key(generator: torch.Generator | None) -> np.uint64:
     return np.uint64(int(value))
 
 
-def _run(serial, parallel, *args) -> None:
-    threads = min(runtime.compiled_loop_threads(), numba.config.NUMBA_NUM_THREADS)
-    if threads > 1:
-        numba.set_num_threads(threads)
-        parallel(*args)
-    else:
-        serial(*args)
-
-
 def _check_rows(bad: torch.Tensor) -> None:
     if bool(bad.any()):
         row = int(bad.nonzero()[0, 0])
@@ -243,10 +240,13 @@ def slate_coefficients(
         and row_scale · Σ_k q(a|S_k) at a. The caller divides by n_slates (and weighs the
         items other than a by α).
     """
+    check_count("n_slates", n_slates, 1)
+    check_count("slate_size", slate_size, 1)
     batch, n = probs.shape
     coef = torch.empty(batch, n, dtype=dtype)
     bad = torch.zeros(batch, dtype=torch.bool)
-    _run(
+    sampling_kernel.run_rows(
+        numba,
         _coefficients_serial,
         _coefficients_parallel,
         probs.contiguous().numpy(),
@@ -269,9 +269,12 @@ def slate_draws(
 ) -> torch.Tensor:
     """(batch, n_slates, slate_size) long: the items `slate_coefficients` draws for the same
     weights and key, in draw order (for tests and inspection)."""
+    check_count("n_slates", n_slates, 1)
+    check_count("slate_size", slate_size, 1)
     out = torch.empty(probs.shape[0], n_slates, slate_size, dtype=torch.long)
     bad = torch.zeros(probs.shape[0], dtype=torch.bool)
-    _run(
+    sampling_kernel.run_rows(
+        numba,
         _draws_serial,
         _draws_parallel,
         probs.contiguous().numpy(),

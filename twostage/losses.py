@@ -404,9 +404,6 @@ def _fused_coefficients(
             "slate_sampler 'fused' needs the CPU and numba (and TWOSTAGE_NUMBA not 0); "
             "use slate_sampler 'torch'"
         )
-    for name, value in (("n_slates", n_slates), ("slate_size", slate_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name} must be an integer ≥ 1, got {value!r}")
     batch = logits.size(0)
     logged = actions.view(-1, 1)
     ranker = ranker_logits.detach().to(logits.dtype)

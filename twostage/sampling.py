@@ -21,7 +21,8 @@ from twostage.errors import ConfigError, NumericsError
 __all__ = ["bucket_count", "distinct_mask", "sample_categorical", "sample_slates"]
 
 
-def _check_count(name: str, value: object, minimum: int) -> None:
+def check_count(name: str, value: object, minimum: int) -> None:
+    """Refuse a count that is not an integer ≥ `minimum` (a bool is not a count)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
 
@@ -136,7 +137,7 @@ def sample_categorical(
     Returns:
         (batch, n_samples) long item indices.
     """
-    _check_count("n_samples", n_samples, 0)
+    check_count("n_samples", n_samples, 0)
     cdf = _normalised_cdf(probs)
     x = torch.rand(
         (probs.size(0), n_samples), generator=generator, dtype=torch.float64, device=probs.device
@@ -162,8 +163,8 @@ def sample_slates(
     Returns:
         (batch, n_slates, slate_size) long item indices, ascending along the last dimension.
     """
-    _check_count("n_slates", n_slates, 1)
-    _check_count("slate_size", slate_size, 1)
+    check_count("n_slates", n_slates, 1)
+    check_count("slate_size", slate_size, 1)
     cdf = _normalised_cdf(probs)
     batch, n_items = probs.shape
     m = bucket_count(n_items)

@@ -96,11 +96,19 @@ def inverse_cdf(edges: torch.Tensor, x: torch.Tensor, m: int) -> torch.Tensor:
     with edges[j] > x (x = m: the first j with edges[j] = m). Uses torch's thread count."""
     numba, serial, parallel = _kernels()
     out = torch.empty(x.shape, dtype=torch.long)
-    args = (edges.contiguous().numpy(), x.contiguous().numpy(), out.numpy(), m)
+    run_rows(
+        numba, serial, parallel, edges.contiguous().numpy(), x.contiguous().numpy(), out.numpy(), m
+    )
+    return out
+
+
+def run_rows(numba, serial, parallel, *args) -> None:
+    """Run a compiled loop over the rows of `args[0]`: `parallel` on torch's thread count where
+    that is above one and there are several rows (`twostage.runtime.compiled_loop_threads`: one
+    in a forked process), else `serial`. Rows are independent, so both give the same numbers."""
     threads = min(runtime.compiled_loop_threads(), numba.config.NUMBA_NUM_THREADS)
-    if threads > 1 and edges.shape[0] > 1:
+    if threads > 1 and args[0].shape[0] > 1:
         numba.set_num_threads(threads)
         parallel(*args)
     else:
         serial(*args)
-    return out

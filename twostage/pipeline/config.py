@@ -307,13 +307,14 @@ def _check_fused_sampler(config: ExperimentConfig) -> None:
     from twostage.pipeline.training import resolve_device
 
     where = "candidates.slate_sampler"
-    if resolve_device(config.device).type != "cpu":
+    device = resolve_device(config.device)
+    if device.type != "cpu":
         raise ConfigError(
             f"{where} 'fused' runs on the CPU only, and this run's device is "
-            f"{resolve_device(config.device)}: use device cpu or slate_sampler torch.",
+            f"{device}: use device cpu or slate_sampler torch.",
             where,
         )
-    if not fused_slates.available(resolve_device(config.device)):
+    if not fused_slates.available(device):
         raise ConfigError(
             f"{where} 'fused' needs numba (pip install numba) and TWOSTAGE_NUMBA not set to 0; "
             "or use slate_sampler torch.",
