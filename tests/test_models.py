@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from twostage.data import Catalog
-from twostage.models import ImpressionSimulator, Nominator, Ranker
+from twostage.models import ImpressionSimulator, Nominator, Ranker, column_major
 
 
 def random_catalog(n_users: int = 7, n_items: int = 11, seed: int = 0) -> Catalog:
@@ -61,6 +63,23 @@ def test_padding_row_is_zero_and_unused(catalog: Catalog):
 def test_state_dict_holds_weights_not_the_catalog(catalog: Catalog):
     keys = Nominator(catalog).state_dict().keys()
     assert not any("features" in k or "genres" in k.split(".")[-1] for k in keys)
+
+
+@pytest.mark.parametrize("model_class", [ImpressionSimulator, Nominator, Ranker])
+def test_the_loaders_genre_layout_does_not_move_a_score(model_class):
+    # A row-major copy of the genres changed the product's last bits (commit 606abef did so
+    # for every run); a model lays them out itself, so either layout gives the same bits.
+    by_rows = random_catalog(n_items=3883)
+    by_columns = dataclasses.replace(by_rows, item_genres=column_major(by_rows.item_genres))
+    assert by_rows.item_genres.is_contiguous() and not by_columns.item_genres.is_contiguous()
+    models = []
+    for catalog in (by_rows, by_columns):
+        torch.manual_seed(0)
+        models.append(model_class(catalog))
+        assert models[-1].item_genres.stride() == (1, 3883)
+        assert models[-1].item_genres.data_ptr() != catalog.item_genres.data_ptr()
+    with torch.no_grad():
+        assert torch.equal(models[0].items(), models[1].items())
 
 
 @pytest.mark.parametrize("model_class", [ImpressionSimulator, Nominator, Ranker])

@@ -79,6 +79,11 @@ class UserRepresentation(nn.Module):
         return torch.cat(parts, dim=1)
 
 
+def column_major(matrix: torch.Tensor) -> torch.Tensor:
+    """A copy of a (rows, columns) tensor stored column by column (strides (1, rows))."""
+    return matrix.t().clone(memory_format=torch.contiguous_format).t()
+
+
 class _CatalogModel(nn.Module):
     """Holds the catalog's feature tables and the two representation layers."""
 
@@ -88,7 +93,10 @@ class _CatalogModel(nn.Module):
         self.item_rep = ItemRepresentation(catalog)
         self.register_buffer("user_features", catalog.user_features.clone(), persistent=False)
         self.register_buffer("item_features", catalog.item_features.clone(), persistent=False)
-        self.register_buffer("item_genres", catalog.item_genres.clone(), persistent=False)
+        # The genre layer's product rounds by the layout of its input, so the layout is fixed
+        # here, not left to the loader: column-major, as pandas had laid it out when the
+        # committed results were made (a row-major copy moves every run in its last digits).
+        self.register_buffer("item_genres", column_major(catalog.item_genres), persistent=False)
         ids = catalog.item_features[:, 0]
         self._ids_in_order = torch.equal(ids, torch.arange(1, len(ids) + 1, dtype=ids.dtype))
 
