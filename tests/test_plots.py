@@ -105,3 +105,18 @@ def test_report_titles_have_no_doubled_parentheses():
     fig = plots.test_metrics(table, method_order(table["method"].unique()), synthetic=True)
     title = fig.get_suptitle()
     assert title.endswith("synthetic data") and ") (" not in title and "±" in title
+
+
+@pytest.mark.parametrize("seeds, note", [([0], plots.ONE_SEED), ([0, 1], plots.SPREAD)])
+def test_report_titles_say_when_there_is_no_spread(seeds: list[int], note: str):
+    from fake_results import fake_results
+
+    results = fake_results(seeds=seeds)
+    table = summary_table(results)
+    methods = method_order(table["method"].unique())
+    titles = [
+        plots.validation_curves(results, methods, synthetic=False).get_suptitle(),
+        plots.test_metrics(table, methods, synthetic=False).get_suptitle(),
+        plots.rewards(table, methods, synthetic=False).axes[0].get_title(),
+    ]
+    assert all(title.endswith(note) for title in titles), titles

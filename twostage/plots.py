@@ -224,6 +224,12 @@ def save_png(fig: Figure, path: Path, *, dpi: int = 150, tight: bool = True) -> 
 
 
 SPREAD = "mean ± s.e. over seeds"
+ONE_SEED = "one seed, no spread"
+
+
+def _spread(n_seeds: int) -> str:
+    """The title's note on the bands and error bars: a single seed has no standard error."""
+    return ONE_SEED if n_seeds == 1 else SPREAD
 
 
 def _title(text: str, synthetic: bool) -> str:
@@ -276,7 +282,8 @@ def validation_curves(results: pd.DataFrame, methods: list[str], synthetic: bool
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set_ylabel("validation Precision@10 (%)")
     _legend_below(fig, axes[0])
-    fig.suptitle(_title(f"Validation Precision@10, {SPREAD}", synthetic))
+    spread = _spread(int(val["seed"].nunique()))
+    fig.suptitle(_title(f"Validation Precision@10, {spread}", synthetic))
     return fig
 
 
@@ -289,7 +296,8 @@ def test_metrics(table: pd.DataFrame, methods: list[str], synthetic: bool) -> Fi
         _grouped_bars(ax, stats.xs(metric, level="metric"), methods, f"test {metric} (%)")
         ax.set_title(metric)
     _legend_below(fig, axes[0])
-    fig.suptitle(_title(f"Test metrics at the best epoch, {SPREAD}", synthetic))
+    spread = _spread(int(table["n_seeds"].max()))
+    fig.suptitle(_title(f"Test metrics at the best epoch, {spread}", synthetic))
     return fig
 
 
@@ -300,7 +308,8 @@ def rewards(table: pd.DataFrame, methods: list[str], synthetic: bool) -> Figure:
     ax = fig.subplots()
     _grouped_bars(ax, stats, methods, "reward of the shown item (% of users)")
     _legend_below(fig, ax)
-    ax.set_title(_title(f"Reward of the single shown item, {SPREAD}", synthetic))
+    spread = _spread(int(stats["n_seeds"].max()))
+    ax.set_title(_title(f"Reward of the single shown item, {spread}", synthetic))
     return fig
 
 
