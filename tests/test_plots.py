@@ -118,5 +118,6 @@ def test_report_titles_say_when_there_is_no_spread(seeds: list[int], note: str):
         plots.validation_curves(results, methods, synthetic=False).get_suptitle(),
         plots.test_metrics(table, methods, synthetic=False).get_suptitle(),
         plots.rewards(table, methods, synthetic=False).axes[0].get_title(),
+        plots.factor_figure(table.assign(factor="alpha", value="0"), "alpha").get_suptitle(),
     ]
     assert all(title.endswith(note) for title in titles), titles

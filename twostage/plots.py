@@ -355,7 +355,7 @@ def factor_figure(rows: pd.DataFrame, name: str, metric: str = "Precision@10") -
         ax.grid(alpha=0.3)
     figure.axes[0].set_ylabel(f"test {metric} (%)")
     _legend_below(figure, figure.axes[0])
-    figure.suptitle(f"Test {metric} by {name}, {SPREAD}")
+    figure.suptitle(f"Test {metric} by {name}, {_spread(int(rows['n_seeds'].max()))}")
     return figure
 
 
