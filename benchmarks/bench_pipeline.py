@@ -11,9 +11,10 @@
 The whole experiment goes through `twostage.pipeline.reproduce` (stages, runs, results, summary
 and figures) into a fresh run folder (`--run-dir`, default a temporary one), with a fresh stage
 cache unless `--cached` names one; nothing is multiplied up from one run. The JSON holds the
-seconds of each stage, each run and the whole table, peak memory, the load average before and
-after, the CPU model, torch's threads and version, the date, and every figure beside the
-authors' code's figure on the 2-core CPU machine kind, as a ratio. Benchmark only on a quiet
+seconds of each stage, each run and the whole table, the world stage's GFLOP/s, peak memory, the
+load average and a speed probe before and after, the CPU model, torch's threads and version, the
+date, and every figure beside the authors' code's figure on the 2-core CPU machine kind, as a
+ratio. Benchmark only on a quiet
 machine (benchmarks/README.md, "The real table").
 """
 
@@ -69,6 +70,24 @@ def load_average() -> list[float] | None:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:  # not available on this platform
         return None
+
+
+def speed_probe(repeats: int = 5) -> float:
+    """Milliseconds of a fixed piece of work at torch's current thread count, median of
+    `repeats`: 200 times a CE step's core (the 128 × 20 × 3,883 product and a log-softmax of its
+    output). The same work takes up to ~1.8× longer from one minute to the next on a shared
+    virtual machine; the probe, taken before and after, says which phase a figure was measured in.
+    """
+    generator = torch.Generator().manual_seed(0)
+    users = torch.randn(128, 20, generator=generator)
+    items = torch.randn(3883, 20, generator=generator)
+    times = []
+    for _ in range(repeats + 1):  # the first, untimed, warms up
+        started = time.perf_counter()
+        for _ in range(200):
+            torch.log_softmax(users @ items.T, dim=1)
+        times.append(time.perf_counter() - started)
+    return round(1e3 * statistics.median(times[1:]), 1)
 
 
 def figure(name: str, seconds: float | None, comparable: bool, note: str | None = None) -> dict:
@@ -174,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join([Path(sys.executable).name, *sys.argv])
 
     load_before = load_average()
+    runtime.apply()  # the probe runs at the run's thread count
+    probe_before = speed_probe()
     if load_before and load_before[0] > QUIET_LOAD:
         print(
             f"warning: load average {load_before} before the start: the machine is busy, and "
@@ -189,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         reproduce(config, run_dir, cache_dir=cache_dir, runtime=runtime, command=command)
         total = time.perf_counter() - started
         load_after = load_average()
+        probe_after = speed_probe()
         meta = json.loads((run_dir / "run.json").read_text())
         run_seconds: dict[str, list[float]] = {m: [] for m in config.methods}
         for method in config.methods:
@@ -247,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_before": load_before,  # 1, 5 and 15 minutes
         "load_average_after": load_after,  # includes this benchmark's own load
         "quiet_before": bool(load_before and load_before[0] <= QUIET_LOAD),
+        "speed_probe_ms_before": probe_before,  # speed_probe(): lower is a faster phase
+        "speed_probe_ms_after": probe_after,
         # --cached names a folder; the stages are built there unless it holds them already.
         "stage_cache": (
             ("reused: " if any(meta["stage_cached"].values()) else "built in: ") + str(cache_dir)
@@ -260,6 +284,10 @@ def main(argv: list[str] | None = None) -> int:
         "optimizer": meta["config"]["candidates"]["optimizer"],
         "slate_sampler": meta["config"]["candidates"]["slate_sampler"],
         "world_info": meta["world"],
+        # The world stage's rate, 2 FLOPs a multiply-add (`world_flops`); none when cached.
+        "world_gflop_per_s": None
+        if meta["stage_cached"]["world"]
+        else round(meta["world"]["flops"] / 1e9 / max(stage_seconds["world"], 1e-9), 1),
         "stage_seconds": {s: stage_seconds[s] for s in STAGES},
         "run_seconds": run_seconds,
         "run_seconds_median": {m: round(v, 2) for m, v in medians.items()},

@@ -1,4 +1,4 @@
-"""The benchmarks run: the table's timing at a tiny size, and the GPU check's refusal on a CPU."""
+"""The benchmarks run: the table's timing and the step profile at a tiny size, and the refusals."""
 
 from __future__ import annotations
 
@@ -50,6 +50,10 @@ def test_bench_pipeline_times_every_stage_and_run_of_the_table(tiny_world: Path,
     assert {m: len(s) for m, s in built["run_seconds"].items()} == {"ce": 1, "ips": 1, "2s": 1}
     assert not any(built["stage_cached"].values())
     assert len(built["load_average_before"]) == 3
+    assert built["speed_probe_ms_before"] > 0 and built["speed_probe_ms_after"] > 0
+    # The world stage's rate: its FLOPs (run.json) over its seconds, when it was built.
+    world = built["world_info"]["flops"] / 1e9 / built["stage_seconds"]["world"]
+    assert built["world_gflop_per_s"] == pytest.approx(world, rel=0.05, abs=0.1)
     figures = {f["figure"]: f for f in built["figures"]}
     assert set(figures) >= {"simulator", "world", "run:2s", "table"}
     assert figures["run:2s"]["authors_seconds"] == 1620.0
@@ -61,6 +65,61 @@ def test_bench_pipeline_times_every_stage_and_run_of_the_table(tiny_world: Path,
     cached = bench(tmp_path, tiny_world, "cached")  # the same stage cache: the cached path
     assert all(cached["stage_cached"].values())
     assert cached["stage_cache"].startswith("reused")
+    assert cached["world_gflop_per_s"] is None  # nothing was computed
+
+
+@pytest.mark.slow
+def test_profile_step_splits_each_methods_step_into_parts(tiny_world: Path, tmp_path: Path):
+    out = tmp_path / "profile.json"
+    command = [
+        sys.executable, "benchmarks/profile_step.py", "--profile", "smoke", "--dataset",
+        str(tiny_world), "--epochs", "2", "--repeats", "2", "--cached", str(tmp_path / "stages"),
+        "--out", str(out),
+    ]  # fmt: skip
+    result = subprocess.run(
+        command, cwd=ROOT, env=bench_env(), capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["torch_threads"] == 1 and len(report["load_average_before"]) == 3
+    by_method = {m["method"]: m for m in report["methods"]}
+    assert set(by_method) == {"ce", "ips", "2s"}
+    n_rows = None
+    for method, measured in by_method.items():
+        parts = measured["per_step_ms_profiled"]
+        assert set(parts) == {
+            "matrix products", "softmax and cross-entropy", "slate sampler", "embeddings",
+            "optimizer", "fills and copies", "other operators", "between operators",
+        }  # fmt: skip
+        assert all(ms >= 0 for ms in parts.values())
+        # Every step has the products, the loss and AdaGrad; only 2-IPS samples slates.
+        assert parts["matrix products"] > 0 and parts["optimizer"] > 0
+        assert parts["softmax and cross-entropy"] > 0
+        assert (parts["slate sampler"] > 0) == (method == "2s")
+        # Two epochs of whole batches; an evaluation after each, then the test users once.
+        assert measured["steps"] % 2 == 0 and measured["steps"] > 0
+        n_rows = n_rows or measured["steps"]
+        assert measured["steps"] == n_rows and measured["evaluations"] == 3
+        assert len(measured["wall_seconds"]) == 2
+        # The parts and the evaluation account for the whole profiled time.
+        accounted = sum(parts.values()) * measured["steps"] / 1e3
+        accounted += measured["evaluation_seconds_per_call_profiled"] * measured["evaluations"]
+        rounding = len(parts) * 5e-7 * measured["steps"] + 5e-5 * measured["evaluations"] + 5e-4
+        assert accounted == pytest.approx(measured["profiled_seconds"], rel=0.02, abs=rounding)
+        projection = measured["run_projection"]
+        assert projection["steps"] == measured["steps"] // 2 * projection["epochs"]
+        assert 0 < projection["floor_seconds"]
+
+
+def test_profile_step_refuses_a_bad_setting_before_any_work(tmp_path: Path):
+    result = subprocess.run(
+        [sys.executable, "benchmarks/profile_step.py", "--cached", str(tmp_path / "stages"),
+         "--repeats", "0"],
+        cwd=ROOT, env=bench_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--epochs and --repeats must be at least 1" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "stages").exists()
 
 
 def test_gpu_check_refuses_clearly_without_cuda(tmp_path: Path):

@@ -64,6 +64,10 @@ def test_reproduce_writes_every_output(tiny_world: Path, tmp_path: Path, monkeyp
     meta = json.loads((out / "run.json").read_text())
     assert meta["synthetic"] is True and meta["data"]["fingerprint"]
     assert meta["config"]["candidates"]["alpha"] == 1e-3
+    # The world's FLOPs, counted from the shapes: two passes over every user × item pair, each
+    # pair 100·50 + 50·1 multiply-adds after the simulator's first layer, 2 FLOPs each.
+    pairs = meta["data"]["users"] * meta["data"]["items"]
+    assert meta["world"]["flops"] == 2 * 2 * pairs * (100 * 50 + 50)
     # The thread count the run used, and the rule that chose it (twostage.runtime).
     assert meta["runtime"]["threads"] == 0 and meta["runtime"]["torch_threads"] == 1
     assert meta["runtime"]["threads_from"] == "$OMP_NUM_THREADS"

@@ -151,16 +151,11 @@ def prepare(
             )
 
     world = stage("world", config.world, keys["simulator"], world_build)
-    per_pair = sum(simulator.state[k].numel() for k in ("rest.1.weight", "rest.3.weight"))
+    flops = world_flops(world, simulator.state)
     if on_demand:
-        # One pass (the mean time) over the evaluated users' pairs, 2 FLOPs a multiply-add.
         n_scored = len(world.eval_users) * world.n_items
-        flops = 2 * n_scored * per_pair
         scope = f"{world.n_pairs:,} pairs on demand · {n_scored:,} evaluation pairs scored"
     else:
-        # A pair's multiply-adds after the first layer (a broadcast sum in the world stage),
-        # two passes (sampled and mean timestamps), 2 FLOPs a multiply-add.
-        flops = 2 * 2 * world.labels.numel() * per_pair
         scope = f"{world.labels.numel():,} pairs"
     rate = ""
     if not cached["world"]:
@@ -223,6 +218,18 @@ def prepare(
     return Prepared(
         data, device, simulator, world, policy, log, ranker, context, keys, timings, cached
     )
+
+
+def world_flops(world: World | OnDemandWorld, simulator_state: dict[str, torch.Tensor]) -> int:
+    """The floating-point operations of building `world`, 2 FLOPs a multiply-add: each pair's
+    multiply-adds after the simulator's first layer (the first layer is a broadcast sum of a
+    user part and an item part, computed once per user and per item), over two passes (sampled
+    and mean timestamps) of every pair on the dense world, one pass (the mean timestamps) of
+    the evaluated users' pairs on the on-demand world."""
+    per_pair = sum(simulator_state[k].numel() for k in ("rest.1.weight", "rest.3.weight"))
+    if isinstance(world, OnDemandWorld):
+        return 2 * len(world.eval_users) * world.n_items * per_pair
+    return 2 * 2 * world.labels.numel() * per_pair
 
 
 def stage_key(name: str, settings: Any, parent: str, device: torch.device) -> str:
@@ -612,6 +619,7 @@ def run_metadata(
         "cut": world.cut,
         "cut_rule": world.cut_rule,
         "positive_share": world.positive_share,
+        "flops": world_flops(world, prepared.simulator.state),  # of its build
     }
     if isinstance(world, OnDemandWorld):
         world_info |= {
