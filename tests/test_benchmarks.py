@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -100,15 +101,26 @@ def test_profile_step_splits_each_methods_step_into_parts(tiny_world: Path, tmp_
         assert measured["steps"] % 2 == 0 and measured["steps"] > 0
         n_rows = n_rows or measured["steps"]
         assert measured["steps"] == n_rows and measured["evaluations"] == 3
-        assert len(measured["wall_seconds"]) == 2
-        # The parts and the evaluation account for the whole profiled time.
+        assert len(measured["wall_seconds"]) == len(measured["profiled_seconds"]) == 2
+        fastest = measured["per_step_ms_profiled_min"]
+        assert all(fastest[part] <= ms for part, ms in parts.items())
+        # The parts and the evaluation account for the profiled time (the median of two repeats
+        # is their mean, so the medians of the parts add up to the mean of the totals).
+        profiled = statistics.mean(measured["profiled_seconds"])
+        evaluation = statistics.mean(measured["evaluation_seconds_per_call_profiled"])
         accounted = sum(parts.values()) * measured["steps"] / 1e3
-        accounted += measured["evaluation_seconds_per_call_profiled"] * measured["evaluations"]
+        accounted += evaluation * measured["evaluations"]
         rounding = len(parts) * 5e-7 * measured["steps"] + 5e-5 * measured["evaluations"] + 5e-4
-        assert accounted == pytest.approx(measured["profiled_seconds"], rel=0.02, abs=rounding)
+        assert accounted == pytest.approx(profiled, rel=0.02, abs=rounding)
         projection = measured["run_projection"]
         assert projection["steps"] == measured["steps"] // 2 * projection["epochs"]
-        assert 0 < projection["floor_seconds"]
+        # The floor: the fastest products (and sampler) of a step and the fastest evaluation.
+        floor_step = fastest["matrix products"] + fastest["slate sampler"]
+        assert projection["floor_step_ms"] == pytest.approx(floor_step, abs=2e-3)
+        floor = projection["steps"] * projection["floor_step_ms"] / 1e3
+        floor += projection["evaluations"] * projection["floor_evaluation_seconds"]
+        assert projection["floor_seconds"] == pytest.approx(floor, rel=1e-3, abs=2e-3)
+        assert projection["floor_seconds"] > 0
 
 
 def test_profile_step_refuses_a_bad_setting_before_any_work(tmp_path: Path):
