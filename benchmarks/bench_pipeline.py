@@ -75,7 +75,7 @@ def load_average() -> list[float] | None:
 def speed_probe(repeats: int = 5) -> float:
     """Milliseconds of a fixed piece of work at torch's current thread count, median of
     `repeats`: 200 times a CE step's core (the 128 × 20 × 3,883 product and a log-softmax of its
-    output). The same work takes up to ~1.8× longer from one minute to the next on a shared
+    output). The same work took up to three times longer from one minute to the next on a shared
     virtual machine; the probe, taken before and after, says which phase a figure was measured in.
     """
     generator = torch.Generator().manual_seed(0)
@@ -108,24 +108,35 @@ def figure(name: str, seconds: float | None, comparable: bool, note: str | None 
     return entry
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--out", default="benchmarks/results/pipeline.json", help="the JSON")
+def add_shared_arguments(parser: argparse.ArgumentParser, out: str) -> None:
+    """The flags this script shares with `profile_step.py`: the JSON, the data, the profile,
+    the methods, the threads and the slate sampler."""
+    parser.add_argument("--out", default=out, help="the JSON")
     parser.add_argument("--dataset", default="synthetic", help="as `twostage reproduce --dataset`")
     parser.add_argument("--profile", choices=["paper", "smoke"], default="paper")
-    parser.add_argument(
-        "--seeds", type=int, default=PAPER_SEEDS, help="seeds 0..N-1 per method (20: the table)"
-    )
     parser.add_argument("--methods", default=",".join(PAPER_METHODS))
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     parser.add_argument(
         "--threads",
         type=int,
         default=0,
         help="torch CPU threads; always wins (default: $OMP_NUM_THREADS, else every core)",
     )
+    parser.add_argument(
+        "--slate-sampler",
+        choices=["torch", "fused"],
+        help="2-IPS's candidate sets, as `twostage reproduce --slate-sampler` (default: torch)",
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_shared_arguments(parser, "benchmarks/results/pipeline.json")
+    parser.add_argument(
+        "--seeds", type=int, default=PAPER_SEEDS, help="seeds 0..N-1 per method (20: the table)"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     parser.add_argument(
         "--jobs",
         type=int,
@@ -147,11 +158,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--epochs",
         type=int,
         help="candidate-generator epochs (a shorter check; default: the profile's)",
-    )
-    parser.add_argument(
-        "--slate-sampler",
-        choices=["torch", "fused"],
-        help="2-IPS's candidate sets, as `twostage reproduce --slate-sampler` (default: torch)",
     )
     scale = parser.add_argument_group("large catalogues (as the `twostage reproduce` flags)")
     scale.add_argument("--world", choices=["dense", "on-demand"])

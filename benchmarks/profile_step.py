@@ -38,6 +38,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -53,12 +54,9 @@ from twostage.pipeline.experiment import prepare
 from twostage.runtime import Runtime, cpu_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_pipeline import load_average, speed_probe  # noqa: E402
+from bench_pipeline import add_shared_arguments, load_average, speed_probe  # noqa: E402
 
-LABELS = {  # record_function labels put around the parts below → part
-    "evaluation": "evaluation",
-    "slate sampler": "slate sampler",
-}
+LABELS = ("evaluation", "slate sampler")  # record_function labels, each a part of its own
 OPERATOR_PARTS = {
     "matrix products": ("aten::mm", "aten::addmm", "aten::bmm"),
     "softmax and cross-entropy": (
@@ -92,29 +90,38 @@ TRAINING_PARTS = (
 
 
 @contextmanager
-def labelled():
-    """Put record_function labels around evaluation and slate sampling for the profile."""
-    patched = [
-        (candidates, "evaluate_epoch", "evaluation"),
-        (losses, "sample_slates", "slate sampler"),
-        (fused_slates, "slate_coefficients", "slate sampler"),
-    ]
-    originals = [(module, name, getattr(module, name)) for module, name, _ in patched]
-
-    def wrap(function, label):
-        def wrapped(*args, **kwargs):
-            with record_function(label):
-                return function(*args, **kwargs)
-
-        return wrapped
-
-    for (module, name, label), (_, _, original) in zip(patched, originals, strict=True):
-        setattr(module, name, wrap(original, label))
+def replaced(*targets: tuple[object, str, Callable[[Callable], Callable]]):
+    """Set each `module.name` to `wrapper(original)` for the duration, then put it back."""
+    originals = [(module, name, getattr(module, name)) for module, name, _ in targets]
+    for (module, name, wrapper), (_, _, original) in zip(targets, originals, strict=True):
+        setattr(module, name, wrapper(original))
     try:
         yield
     finally:
         for module, name, original in originals:
             setattr(module, name, original)
+
+
+def label(name: str) -> Callable[[Callable], Callable]:
+    """A wrapper that runs a function under the profiler label `name`."""
+
+    def wrap(function: Callable) -> Callable:
+        def wrapped(*args, **kwargs):
+            with record_function(name):
+                return function(*args, **kwargs)
+
+        return wrapped
+
+    return wrap
+
+
+def labelled():
+    """Labels around evaluation and slate sampling, for the profile."""
+    return replaced(
+        (candidates, "evaluate_epoch", label("evaluation")),
+        (losses, "sample_slates", label("slate sampler")),
+        (fused_slates, "slate_coefficients", label("slate sampler")),
+    )
 
 
 def part_of(event) -> str:
@@ -123,7 +130,7 @@ def part_of(event) -> str:
     node = event
     while node is not None:
         if node.name in LABELS:
-            part = LABELS[node.name]
+            part = node.name
         elif node.name.startswith("Optimizer.step#"):
             part = "optimizer"
         node = node.cpu_parent
@@ -158,26 +165,25 @@ def profile_method(method: str, config, context, epochs: int, repeats: int) -> d
     candidates.train_candidate_generator(method, 0, context, warm.candidates, device)
 
     evaluations = {"calls": 0, "seconds": 0.0}
-    evaluate = candidates.evaluate_epoch
 
-    def counted(*args, **kwargs):
-        started = time.perf_counter()
-        rows = evaluate(*args, **kwargs)
-        evaluations["calls"] += 1
-        evaluations["seconds"] += time.perf_counter() - started
-        return rows
+    def timed(evaluate: Callable) -> Callable:
+        def counted(*args, **kwargs):
+            started = time.perf_counter()
+            rows = evaluate(*args, **kwargs)
+            evaluations["calls"] += 1
+            evaluations["seconds"] += time.perf_counter() - started
+            return rows
 
-    candidates.evaluate_epoch = counted
+        return counted
+
     probe_before, walls, evaluation_runs = speed_probe(), [], []
-    try:
+    with replaced((candidates, "evaluate_epoch", timed)):
         for _ in range(repeats):
             evaluations.update(calls=0, seconds=0.0)
             started = time.perf_counter()
             candidates.train_candidate_generator(method, 0, context, run_config.candidates, device)
             walls.append(time.perf_counter() - started)
             evaluation_runs.append(evaluations["seconds"] / evaluations["calls"])
-    finally:
-        candidates.evaluate_epoch = evaluate
     per_run = evaluations["calls"]
     profiles = [profiled_parts(method, context, run_config.candidates, device) for _ in walls]
     probe_after = speed_probe()
@@ -234,16 +240,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--out", default="benchmarks/results/step-profile.json", help="the JSON")
-    parser.add_argument("--dataset", default="synthetic", help="as `twostage reproduce --dataset`")
-    parser.add_argument("--profile", choices=["paper", "smoke"], default="paper")
-    parser.add_argument("--methods", default="ce,ips,2s")
+    add_shared_arguments(parser, "benchmarks/results/step-profile.json")
     parser.add_argument("--epochs", type=int, default=2, help="epochs profiled per method")
-    parser.add_argument("--repeats", type=int, default=3, help="plain runs per method (median)")
     parser.add_argument(
-        "--threads", type=int, default=0, help="torch CPU threads (as bench_pipeline)"
+        "--repeats", type=int, default=3, help="plain runs, then profiled runs, per method"
     )
-    parser.add_argument("--slate-sampler", choices=["torch", "fused"])
     parser.add_argument(
         "--cached", metavar="DIR", required=True, help="the stage cache (built there if absent)"
     )
@@ -288,10 +289,9 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{result['method']}: {result['step_ms_plain']} ms a step (plain, median of "
             f"{len(result['wall_seconds'])}); profiled parts (ms a step): {parts}; evaluation "
-            f"{result['evaluation_seconds_per_call_plain']} s a call; a "
-            f"{projection['epochs']}-epoch "
-            f"run ≈ {projection['seconds_from_plain_median']}"
-            f" s, floor {projection['floor_seconds']} s"
+            f"{result['evaluation_seconds_per_call_plain']} s a call; a {projection['epochs']}-"
+            f"epoch run ≈ {projection['seconds_from_plain_median']} s, floor "
+            f"{projection['floor_seconds']} s"
         )
     print(f"wrote {args.out}")
     return 0
