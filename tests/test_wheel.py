@@ -48,9 +48,11 @@ CHAPTER_RUNNER = textwrap.dedent(
         nb = nbformat.read(path, as_version=4)
         nb.cells.append(nbformat.v4.new_code_cell(
             "import twostage, twostage.committed\\n"
-            "print('FILE', twostage.__file__, 'RESULTS', twostage.committed.results_dir())"))
+            "print(f'FILE {twostage.__file__} RESULTS {twostage.committed.results_dir()}')"))
         NotebookClient(nb, timeout=600, kernel_name=sys.argv[1]).execute()
-        print(nb.cells[-1].outputs[0]["text"].strip(), flush=True)
+        # A busy kernel may flush one print as several stream outputs: join them.
+        streams = [o["text"] for o in nb.cells[-1].outputs if o.get("name") == "stdout"]
+        print("".join(streams).strip(), flush=True)
     """
 )
 
