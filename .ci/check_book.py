@@ -5,9 +5,10 @@ Usage: python .ci/check_book.py [BUILD_HTML] [--screenshots DIR] [--pages PAGE .
 BUILD_HTML defaults to `_build/html`; every page of `_toc.yml` is opened (or the given pages,
 paths relative to BUILD_HTML). Each must have a body of text, no raw Markdown table in its
 visible text (outside code; smart quotes turn `---` into `—`), every image loaded, every internal
-link resolving to an existing page and anchor, and no error or traceback output. Images and
-links outside the book (the Colab badges) are not followed: the check runs offline. A screenshot of
-each page goes to DIR (default `_build/screenshots/`).
+link resolving to an existing page and anchor, every formula typeset by MathJax without a TeX
+error (the book serves MathJax itself, so this holds offline too), and no error or traceback
+output. Images and links outside the book (the Colab badges) are not followed: the check runs
+offline. A screenshot of each page goes to DIR (default `_build/screenshots/`).
 
 Chromium and its driver are Debian's (`apt-get install chromium chromium-driver`, done by
 `.ci/run`); nothing is downloaded at run time. As root, Chromium needs `--no-sandbox`.
@@ -49,6 +50,24 @@ return {
   outputs: outputs,
   links: [...document.querySelectorAll('a[href]')].map(a => a.getAttribute('href')),
 };
+"""
+
+# Once MathJax has typeset the page (or at once where it did not load): the formulas left as raw
+# TeX, and those MathJax could not parse (shown in red to a reader).
+MATH = """
+const done = arguments[arguments.length - 1];
+const report = () => {
+  const formulas = [...document.querySelectorAll('.math')];
+  done({
+    formulas: formulas.length,
+    raw: formulas.filter(e => !e.querySelector('mjx-container'))
+                 .map(e => e.textContent.trim().slice(0, 80)),
+    errors: [...document.querySelectorAll('mjx-merror')]
+              .map(e => (e.getAttribute('data-mjx-error') || e.textContent).slice(0, 120)),
+  });
+};
+const startup = window.MathJax && window.MathJax.startup && window.MathJax.startup.promise;
+startup ? startup.then(report, report) : report();
 """
 
 
@@ -123,6 +142,14 @@ def inspect(driver, html: Path, page: str, screenshots: Path, cache: dict) -> Pa
             break
     for src in found["broken_images"]:
         report.problems.append(f"image did not load: {src}")
+    math = driver.execute_async_script(MATH)
+    if math["raw"]:
+        report.problems.append(
+            f"{len(math['raw'])} of {math['formulas']} formulas shown as raw TeX (did MathJax "
+            f"load? the book serves its own copy): {math['raw'][0]!r}"
+        )
+    for error in math["errors"]:
+        report.problems.append(f"TeX error in a formula: {error!r}")
     for text in found["error_outputs"]:
         report.problems.append(f"error output: {text!r}")
     for text in found["outputs"]:
@@ -134,6 +161,7 @@ def inspect(driver, html: Path, page: str, screenshots: Path, cache: dict) -> Pa
 
 def check(html: Path, pages: list[str], screenshots: Path) -> list[PageReport]:
     driver = browser()
+    driver.set_script_timeout(60)  # MathJax typesetting the longest page
     cache: dict[Path, set[str]] = {}
     try:
         return [inspect(driver, html, page, screenshots, cache) for page in pages]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -69,3 +70,34 @@ def test_a_raw_markdown_table_fails(tmp_path: Path):
 )
 def test_what_a_reader_would_see_wrong_fails(tmp_path: Path, body: str, expected: str):
     assert any(expected in p for p in problems(tmp_path, body))
+
+
+def mathjax_site(tmp_path: Path) -> str:
+    """Copies the book's own MathJax (the sphinx-mathjax-offline package) next to the page and
+    returns the script tag the built book has."""
+    spec = importlib.util.find_spec("sphinx-mathjax-offline")
+    if spec is None:
+        if os.environ.get("CI"):
+            pytest.fail("sphinx-mathjax-offline (the book's MathJax) is not installed")
+        pytest.skip("sphinx-mathjax-offline is not installed (pip install -e '.[book]')")
+    shutil.copytree(Path(spec.origin).parent / "static" / "mathjax", tmp_path / "mathjax")
+    return '<script defer src="mathjax/tex-chtml.js"></script>'
+
+
+def test_formulas_typeset_by_the_books_own_mathjax_pass(tmp_path: Path):
+    script = mathjax_site(tmp_path)
+    body = f'{script}{TEXT}<p><span class="math">\\(x^2 + \\hat{{\\beta}}_i\\)</span></p>'
+    assert problems(tmp_path, body) == []
+
+
+def test_a_formula_left_as_raw_tex_fails(tmp_path: Path):
+    """What a reader offline saw while MathJax came from a CDN: no script that loads, raw TeX."""
+    script = '<script defer src="mathjax/missing.js"></script>'
+    body = f'{script}{TEXT}<span class="math">\\(x\\)</span>'
+    assert any("1 of 1 formulas shown as raw TeX" in p for p in problems(tmp_path, body))
+
+
+def test_a_formula_with_a_tex_error_fails(tmp_path: Path):
+    script = mathjax_site(tmp_path)
+    body = f'{script}{TEXT}<span class="math">\\(\\frac{{a}}\\)</span>'
+    assert any("TeX error in a formula" in p and "frac" in p for p in problems(tmp_path, body))
