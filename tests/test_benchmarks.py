@@ -145,3 +145,17 @@ def test_gpu_check_refuses_clearly_without_cuda(tmp_path: Path):
     assert result.returncode == 2, result.stderr
     assert "gpu_check.sh: no CUDA device" in result.stderr and "nothing was run" in result.stderr
     assert "== the table" not in result.stdout and not (tmp_path / "run").exists()
+
+
+def test_bench_evaluation_times_both_ways_to_a_large_catalogues_top_items(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_evaluation
+
+    report = bench_evaluation.large_catalogue(repeats=2, n_users=70, n_items=40_000)
+    assert report["shape"] == [70, 40_000] and report["block_items"] < 40_000
+    assert report["probe_ms_before"] > 0 and len(report["load_average_after"]) == 3
+    for way in ("whole rows", "item chunks"):
+        assert len(report["seconds"][way]) == 2 and all(s > 0 for s in report["seconds"][way])
+        assert report["median_seconds"][way] == statistics.median(report["seconds"][way])

@@ -90,8 +90,9 @@ def test_without_a_valid_selection_metric_epoch_0_is_kept_and_evaluated(
 def test_an_epoch_evaluated_from_blocks_of_top_items_equals_the_whole_score_matrix(
     world: tuple[Prepared, CandidateConfig], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`evaluate_epoch` scores users in blocks and keeps their top items only; its rows equal
-    the evaluator's rewards and metrics of the whole score matrix, in any block size."""
+    """`evaluate_epoch` scores users in blocks (and large catalogues' items in chunks) and keeps
+    their top items only; its rows equal the evaluator's rewards and metrics of the whole score
+    matrix, in any block and chunk size."""
     prepared, candidates = world
     context = prepared.context
     torch.manual_seed(3)
@@ -109,10 +110,12 @@ def test_an_epoch_evaluated_from_blocks_of_top_items_equals_the_whole_score_matr
             ("two-stage", ev.two_stage_metrics(scores[users], users)),
         ):
             expected.update({(split_name, evaluation, k): v for k, v in metrics.items()})
-    for block in (1, 7, 10_000):
+    # Item chunks smaller than the catalogue take the chunked path of large catalogues.
+    for block, chunk in ((1, 10**9), (7, 10**9), (10_000, 10**9), (7, 5), (10_000, 13)):
         monkeypatch.setattr("twostage.pipeline.candidates.EVAL_BLOCK_USERS", block)
+        monkeypatch.setattr("twostage.pipeline.candidates.EVAL_BLOCK_ITEMS", chunk)
         rows = evaluate_epoch(model, context, prepared.device)
         got = {(r["split"], r["evaluation"], r["metric"]): r["value"] for r in rows}
         assert got.keys() == expected.keys()
         for key, value in expected.items():  # same rankings, so the same float arithmetic
-            assert got[key] == pytest.approx(value, rel=1e-12, abs=1e-12), (block, key)
+            assert got[key] == pytest.approx(value, rel=1e-12, abs=1e-12), (block, chunk, key)

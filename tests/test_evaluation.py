@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from twostage.errors import ConfigError, NumericsError
-from twostage.evaluation import CompactEvaluator, Evaluator, pack_truth
+from twostage.evaluation import CompactEvaluator, Evaluator, pack_truth, top_of_products
 
 N_USERS, N_ITEMS, K = 50, 80, 10
 ALL_LOGGED = (3, 17)  # users whose every item is a logged positive
@@ -426,3 +426,25 @@ def test_the_compact_evaluator_refuses_mismatched_inputs() -> None:
     for args in bad:
         with pytest.raises((ConfigError, NumericsError)):
             CompactEvaluator(*args)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 34, 100, 1000])
+@pytest.mark.parametrize("width", [1, 34, 200])
+def test_top_of_products_equals_topk_of_whole_rows(chunk: int, width: int) -> None:
+    """Scored a chunk of items at a time, each chunk's best kept and merged: the items, in their
+    order, of `topk` over whole rows (the scores are distinct here, so the order is defined)."""
+    gen = torch.Generator().manual_seed(chunk * 1000 + width)
+    vectors, items = torch.randn(9, 6, generator=gen), torch.randn(150, 6, generator=gen)
+    scores = vectors @ items.T
+    assert len(scores.flatten().unique()) == scores.numel()
+    expected = scores.topk(min(width, 150), dim=1).indices
+    assert torch.equal(top_of_products(vectors, items, width, chunk), expected)
+    buffer = torch.empty(9 * chunk)  # a caller's reused buffer gives the same
+    assert torch.equal(top_of_products(vectors, items, width, chunk, buffer), expected)
+
+
+def test_top_of_products_refuses_non_finite_scores() -> None:
+    vectors, items = torch.randn(3, 4), torch.randn(50, 4)
+    items[37, 2] = float("nan")
+    with pytest.raises(NumericsError, match="scores must be finite"):
+        top_of_products(vectors, items, 5, 16)

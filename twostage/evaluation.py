@@ -42,6 +42,35 @@ def _check_finite(name: str, scores: Tensor) -> None:
         raise NumericsError(f"{name} must be finite; found NaN or ±inf")
 
 
+def top_of_products(
+    vectors: Tensor,
+    items: Tensor,
+    width: int,
+    chunk_items: int,
+    buffer: Tensor | None = None,
+) -> Tensor:
+    """The `width` best items of each row of the scores `vectors @ items.T`, best first:
+    (m, min(width, n_items)) long; vectors: (m, d), items: (n_items, d). The scores are taken
+    `chunk_items` items at a time (into `buffer`, ≥ m · chunk_items floats, when given), each
+    chunk's best `width` kept and the kept ones ranked again, so no (m, n_items) matrix is held.
+    A score is the same dot product whichever items share its chunk, so the items and their
+    order are those of `topk` over whole rows, except among exactly equal scores."""
+    m, n_items = vectors.shape[0], items.shape[0]
+    width = min(width, n_items)
+    if buffer is None:
+        buffer = vectors.new_empty(m * min(chunk_items, n_items))
+    values, indices = [], []
+    for first in range(0, n_items, chunk_items):
+        chunk = items[first : first + chunk_items]
+        scores = torch.mm(vectors, chunk.T, out=buffer[: m * len(chunk)].view(m, len(chunk)))
+        _check_finite("scores", scores)
+        best = scores.topk(min(width, len(chunk)), dim=1)
+        values.append(best.values)
+        indices.append(best.indices + first)
+    kept = torch.cat(values, dim=1).topk(width, dim=1).indices
+    return torch.cat(indices, dim=1).gather(1, kept)
+
+
 def _check_logged(logged_users: Tensor, logged_items: Tensor, n_items: int) -> None:
     """Refuse logged pairs that are not two 1-D tensors of one length, or items outside the
     catalogue."""
